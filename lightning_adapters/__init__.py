@@ -1,0 +1,13 @@
+"""lightning-adapters: parameter-efficient fine-tuning of any Hugging Face model under PyTorch Lightning."""
+
+from lightning_adapters.callbacks import JsonlPredictionWriter
+from lightning_adapters.checkpoint import load_adapter, save_adapter
+# TMP from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.heads import ClassificationHead, TaskHead
+from lightning_adapters.module import AdapterModule
+from lightning_adapters.strategies import Bottleneck, Strategy
+
+__all__ = ["AdapterModule", "Bottleneck", "ClassificationHead", "JsonlPredictionWriter", "Strategy", "TaskHead",
+           "TextClassificationDataModule", "UserInputError", "load_adapter", "save_adapter"]
+__version__ = "0.1.0"

@@ -139,6 +139,18 @@ def check_fingerprint(saved: dict, model: nn.Module, where: str) -> None:
                              f"({current['model_type']}) — load it onto the base it was trained on")
 
 
+# Decoder-only families whose configs say so nowhere else (their `architectures` may be missing).
+_DECODER_TYPES = {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                  "gemma3_text", "phi", "phi3", "falcon", "opt", "bloom", "olmo", "olmo2", "smollm3", "granite"}
+
+
+def is_decoder_only(config) -> bool:
+    """True for causal language models (GPT-2, Llama, Qwen, Mistral, ...)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    return config.model_type in _DECODER_TYPES or any(a.endswith("ForCausalLM") for a in config.architectures or [])
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Return (trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

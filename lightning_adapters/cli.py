@@ -1,0 +1,56 @@
+"""``lightning-adapters fit|validate|test|predict --config ...``: LightningCLI wired for adapters.
+
+The DataModule reaches the model only through links: the backbone name picks the tokenizer, and the label names the
+DataModule found become the model's (no model ever reads ``trainer.datamodule``). After ``fit`` the best checkpoint's
+adapter is exported as a safetensors folder and, with ``--test_after_fit true``, tested.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_adapters.checkpoint import save_adapter
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.module import AdapterModule
+
+
+class AdaptersCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
+        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+        parser.add_argument("--export_dir", type=str | None, default=None,
+                            help="fit: where to write the best adapter folder (default: <log_dir>/adapter)")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="fit: test the best checkpoint when training ends")
+
+    def after_fit(self) -> None:
+        trainer, config = self.trainer, self.config_init[self.subcommand]
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if config.get("test_after_fit"):
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        elif best:
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            self.model.load_state_dict(state, strict=False)
+        if trainer.is_global_zero:
+            folder = Path(config.get("export_dir") or Path(trainer.log_dir or ".") / "adapter")
+            save_adapter(self.model, folder)
+            print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point: bad input ends with one line on stderr and exit status 2, not a traceback."""
+    try:
+        AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                    args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True})
+    except UserInputError as err:
+        print(f"lightning-adapters: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The task-head protocol: what is predicted, from which model class, and how it is scored.
+
+A head chooses the Hugging Face class its backbone is loaded with (``auto_class``), may narrow the loaded model to
+the part it uses (``prepare_backbone``), creates its new layers once the backbone and label names are known
+(``build``), and turns a batch into logits, a loss, metric updates and JSON-ready predictions. Its new weights are
+trainable and are saved with the adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from transformers import AutoModel, PretrainedConfig
+
+from lightning_adapters.strategies.base import class_config
+
+
+class TaskHead(nn.Module):
+    """Base class for task heads. Subclasses store every ``__init__`` argument under the same name."""
+
+    auto_class: ClassVar[type] = AutoModel
+
+    def prepare_backbone(self, model: nn.Module) -> nn.Module:
+        """The part of the loaded model this head runs (all of it by default)."""
+        return model
+
+    def build(self, config: PretrainedConfig, label_names: list[str] | None) -> None:
+        """Create the head's trainable layers."""
+        raise NotImplementedError
+
+    def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def predict(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def hparams(self) -> dict:
+        return class_config(self)
+
+
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def backbone_inputs(batch: dict[str, Any], backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``batch`` the backbone reads; token_type_ids only where the model has type embeddings."""
+    inputs = {k: batch[k] for k in BACKBONE_INPUTS if k in batch}
+    if "token_type_ids" in inputs and getattr(backbone.config, "type_vocab_size", 0) in (0, None):
+        inputs.pop("token_type_ids")
+    return inputs

@@ -1,0 +1,156 @@
+"""One LightningModule for every backbone, strategy and task head.
+
+``AdapterModule`` = frozen HF backbone + trainable strategy layers + trainable task head. Its checkpoints hold only
+the trainable weights (plus Lightning's optimizer, scheduler and loop state, and the RNG state for exact resume),
+never the frozen base: `state_dict` is filtered to the trainable names and loading checks that exactly those names
+come back and that the base model is the one the checkpoint was trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import get_linear_schedule_with_warmup
+
+from lightning_adapters import backbone as hf
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.heads import ClassificationHead, TaskHead
+from lightning_adapters.strategies import Bottleneck, Strategy, adapter_named_parameters
+
+CHECKPOINT_KEY = "lightning_adapters"
+
+
+class AdapterModule(L.LightningModule):
+    """Parameter-efficient fine-tuning of a frozen Hugging Face model.
+
+    Args:
+        backbone: alias (``minilm``, ``smollm2``), local folder, ``.gguf`` file or hub id of the base model.
+        strategy: how the frozen model is made trainable (default: Pfeiffer bottleneck adapters).
+        head: what is predicted (default: sequence classification).
+        label_names: label set of the task; the CLI links it from the DataModule.
+        dtype: dtype of the frozen base (``float32``, ``bfloat16``, ``float16``); adapters and head stay fp32.
+        learning_rate: AdamW learning rate, used when ``optimizer`` is not given.
+        weight_decay: AdamW weight decay, used when ``optimizer`` is not given.
+        warmup_ratio: fraction of the training steps with linear warm-up before linear decay to zero.
+        optimizer: any optimizer (``class_path`` in YAML) instead of the default AdamW.
+        scheduler: any LR scheduler (``class_path`` in YAML) instead of the default warm-up/decay, stepped per step.
+        revision: hub revision of the backbone.
+        trust_remote_code: run model code shipped with a hub checkpoint (off unless you trust it).
+    """
+
+    def __init__(self, backbone: str = "minilm", strategy: Strategy | None = None, head: TaskHead | None = None,
+                 label_names: list[str] | None = None, dtype: str | None = None, learning_rate: float = 1e-3,
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, optimizer: OptimizerCallable | None = None,
+                 scheduler: LRSchedulerCallable | None = None, revision: str | None = None,
+                 trust_remote_code: bool = False) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.strategy = strategy or Bottleneck()
+        self.head = head or ClassificationHead()
+        self.label_names = list(label_names) if label_names else None
+        self.dtype_name = dtype
+        self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        loaded = hf.load_model(backbone, self.head.auto_class, dtype, revision, trust_remote_code)
+        self.backbone = self.head.prepare_backbone(loaded)
+        self.strategy.apply(self.backbone)
+        self.head.build(self.backbone.config, self.label_names)
+        self.base_fingerprint = hf.fingerprint(self.backbone)
+        self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks the keys
+        self.val_metrics = self.head.metrics().clone(prefix="val_")
+        self.test_metrics = self.head.metrics().clone(prefix="test_")
+
+    # ---- what is trainable, and what a checkpoint holds -------------------------------------------------------
+    def trainable_names(self) -> list[str]:
+        """Adapter weights (found by structure) and head weights: everything saved and optimised."""
+        names = [f"backbone.{name}" for name, _ in adapter_named_parameters(self.backbone)]
+        return names + [f"head.{name}" for name, _ in self.head.named_parameters()]
+
+    def state_dict(self, *args, **kwargs) -> dict[str, Any]:
+        full = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        keep = {prefix + name for name in self.trainable_names()}
+        return type(full)((k, v) for k, v in full.items() if k in keep)
+
+    def check_trainable_state(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """Raise unless ``state`` holds exactly this module's trainable weights, with matching shapes."""
+        expected = dict(self.named_parameters())
+        names = set(self.trainable_names())
+        missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+        if missing or unexpected:
+            raise UserInputError(f"{where} does not match this model: {len(missing)} missing weights "
+                                 f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}) — "
+                                 "use the same strategy and head settings it was trained with")
+        for name in names:
+            if tuple(state[name].shape) != tuple(expected[name].shape):
+                raise UserInputError(f"{where}: weight '{name}' has shape {tuple(state[name].shape)}, the model "
+                                     f"expects {tuple(expected[name].shape)} — use the settings it was trained with")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "base_model": self.base_fingerprint, "label_names": self.label_names,
+            # Exact resume: the RNG streams that dropout and data shuffling draw from.
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise UserInputError("checkpoint was not written by lightning-adapters (no adapter metadata) — pass a "
+                                 "checkpoint from a lightning-adapters run")
+        hf.check_fingerprint(meta["base_model"], self.backbone, "checkpoint")
+        self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
+        rng = meta.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    # ---- training --------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(self.backbone, batch)
+
+    def on_fit_start(self) -> None:
+        trainable, total = hf.count_parameters(self)
+        rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || "
+                       f"trainable%: {100 * trainable / total:.4f}")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.head.loss(self(batch), batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], metrics, stage: str) -> None:
+        logits = self(batch)
+        size = len(batch["input_ids"])
+        self.log(f"{stage}_loss", self.head.loss(logits, batch), prog_bar=True, batch_size=size, sync_dist=True)
+        self.head.update_metrics(metrics, logits, batch)
+        self.log_dict(metrics, prog_bar=True, batch_size=size)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        return self.head.predict(self(batch), batch)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(params)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        if self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

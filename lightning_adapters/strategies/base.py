@@ -1,0 +1,125 @@
+"""The strategy protocol and the free functions every strategy shares.
+
+A *strategy* turns a frozen Hugging Face model into a trainable one by injecting small modules. Everything generic
+lives here, once: matching target names (PEFT's semantics), replacing a submodule, finding adapter weights *by
+structure* (the `AdapterLayer` marker class, never name substrings) and building a strategy back from its saved
+config. Each method (bottleneck, LoRA, ...) is one small file next to this one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from lightning_adapters.errors import UserInputError
+
+
+class AdapterLayer(nn.Module):
+    """Marker base class: a module whose own parameters are adapter weights.
+
+    A layer that wraps a frozen module keeps it as ``base_layer`` (as PEFT does); everything else it owns is trainable
+    and saved with the adapter.
+    """
+
+    base_layer: nn.Module | None  # annotation only: a class attribute would shadow the registered submodule
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # Some models read the projection's weight directly (T5 checks `wo.weight.dtype`): expose the base one.
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def adapter_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, param in self.named_parameters():
+            if not name.startswith("base_layer."):
+                yield name, param
+
+
+class Strategy(ABC):
+    """How a frozen model is made trainable. Subclasses store every ``__init__`` argument under the same name."""
+
+    @abstractmethod
+    def apply(self, model: nn.Module) -> None:
+        """Inject adapter layers into ``model`` in place; the base weights are already frozen."""
+
+    def hparams(self) -> dict:
+        """``{"class_path", "init_args"}`` — enough to rebuild this strategy with `build_from_config`."""
+        return class_config(self)
+
+
+def class_config(obj: object) -> dict:
+    """The jsonargparse-style config of ``obj``: its class path and the constructor arguments it stored."""
+    names = [n for n in inspect.signature(type(obj).__init__).parameters if n != "self"]
+    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}",
+            "init_args": {name: getattr(obj, name) for name in names}}
+
+
+def build_from_config(config: dict, expected: type, what: str):
+    """Instantiate ``config["class_path"]`` with its ``init_args``, refusing anything that is not an ``expected``."""
+    class_path = config.get("class_path", "")
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserInputError(f"{what} class '{class_path}' cannot be imported — install the package that defines "
+                             "it or fix the adapter config") from err
+    if not (isinstance(cls, type) and issubclass(cls, expected)):
+        raise UserInputError(f"'{class_path}' is not a {expected.__name__} — the adapter config is corrupt")
+    return cls(**config.get("init_args", {}))
+
+
+def match_target(name: str, targets: str | list[str]) -> bool:
+    """PEFT's target semantics: a string is a regex that must match the whole name; a list matches a name exactly
+    or as a ``.suffix``."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def find_modules(model: nn.Module, targets: str | list[str]) -> list[str]:
+    """Names of the Linear-like modules in ``model`` that match ``targets``, outside existing adapter layers."""
+    return [name for name, module in model.named_modules()
+            if is_linear(module) and match_target(name, targets) and ".base_layer" not in name]
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def linear_features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear or of GPT-2's transposed Conv1D."""
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.nf
+    return module.in_features, module.out_features
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            yield name, module
+
+
+def adapter_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """Every adapter weight in ``model``, named by its full path, found by structure."""
+    for layer_name, layer in adapter_layers(model):
+        for name, param in layer.adapter_named_parameters():
+            yield f"{layer_name}.{name}" if layer_name else name, param
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: param.detach() for name, param in adapter_named_parameters(model)}

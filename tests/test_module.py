@@ -1,0 +1,152 @@
+"""AdapterModule and adapter folders: frozen base, trainable-only state, exact save/load, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FAMILIES, build_model, build_tokenizer, sample_batch
+from torch import nn
+
+from lightning_adapters import AdapterModule, Bottleneck, ClassificationHead, UserInputError, load_adapter, save_adapter
+from lightning_adapters.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def make_module(path: str, **kwargs) -> AdapterModule:
+    kwargs.setdefault("strategy", Bottleneck(variant="houlsby"))
+    return AdapterModule(path, label_names=LABELS, **kwargs)
+
+
+def randomize_trainable(module: nn.Module, seed: int = 1) -> None:
+    torch.manual_seed(seed)
+    for param in module.parameters():
+        if param.requires_grad:
+            nn.init.normal_(param, std=0.2)
+
+
+def test_base_is_frozen_and_state_dict_holds_only_trainable_weights(model_dirs):
+    module = make_module(model_dirs["bert"])
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable == set(module.trainable_names())
+    assert set(module.state_dict()) == trainable
+    assert all(n.startswith(("backbone.", "head.")) for n in trainable)
+    assert not any(p.requires_grad for n, p in module.backbone.named_parameters() if "base_layer" in n)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_folder_round_trip_reproduces_logits_exactly(family, model_dirs, tmp_path):
+    module = make_module(model_dirs[family]).eval()
+    randomize_trainable(module)
+    batch = sample_batch(build_tokenizer())
+    expected = module(batch)
+    save_adapter(module, tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    reloaded = load_adapter(tmp_path / "adapter").eval()
+    assert torch.equal(reloaded(batch), expected)
+    assert reloaded.label_names == LABELS
+    assert reloaded.strategy.hparams() == module.strategy.hparams()
+
+
+def test_head_options_survive_the_round_trip(model_dirs, tmp_path):
+    module = make_module(model_dirs["bert"], head=ClassificationHead(pooling="first", dropout=0.3))
+    save_adapter(module, tmp_path)
+    reloaded = load_adapter(tmp_path)
+    assert reloaded.head.pooling == "first" and reloaded.head.dropout == 0.3
+
+
+def test_adapter_from_another_base_is_refused(model_dirs, tmp_path):
+    other = tmp_path / "other-bert"
+    build_model("bert", seed=123).save_pretrained(other)
+    build_tokenizer().save_pretrained(other)
+    save_adapter(make_module(model_dirs["bert"]), tmp_path / "adapter")
+    with pytest.raises(UserInputError, match="trained on base model .* load it onto the base it was trained on"):
+        load_adapter(tmp_path / "adapter", backbone=str(other))
+    with pytest.raises(UserInputError, match="trained on base model"):
+        load_adapter(tmp_path / "adapter", backbone=model_dirs["roberta"])
+
+
+def test_corrupt_or_incomplete_adapter_folders_are_refused(model_dirs, tmp_path):
+    folder = save_adapter(make_module(model_dirs["bert"]), tmp_path / "adapter")
+    weights = folder / WEIGHTS_NAME
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserInputError, match="not a readable safetensors file"):
+        load_adapter(folder)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserInputError, match="not a readable safetensors file"):
+        load_adapter(folder)
+    weights.write_bytes(good)
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    (folder / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(UserInputError, match="not valid JSON"):
+        load_adapter(folder)
+    (folder / CONFIG_NAME).write_text(json.dumps(dict(config, strategy={"class_path": "os.system"})))
+    with pytest.raises(UserInputError, match="'os.system' is not a Strategy"):
+        load_adapter(folder)
+    (folder / CONFIG_NAME).unlink()
+    with pytest.raises(UserInputError, match=f"no {CONFIG_NAME}"):
+        load_adapter(folder)
+
+
+def test_adapter_with_other_strategy_settings_is_refused(model_dirs, tmp_path):
+    folder = save_adapter(make_module(model_dirs["bert"]), tmp_path / "adapter")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    config["strategy"]["init_args"]["reduction_factor"] = 2
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(UserInputError, match="weight .* has shape"):
+        load_adapter(folder)
+    config["strategy"]["init_args"].update(reduction_factor=16, variant="pfeiffer")
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(UserInputError, match="unexpected"):
+        load_adapter(folder)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/nonexistent/model", "model path not found"),
+    ("./missing-model", "model path not found"),
+])
+def test_missing_model_path_is_refused(path, message):
+    with pytest.raises(UserInputError, match=message):
+        AdapterModule(path, label_names=LABELS)
+
+
+def test_folder_that_is_not_a_hf_model_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserInputError, match="is not a Hugging Face model folder"):
+        AdapterModule(str(tmp_path), label_names=LABELS)
+
+
+def test_classification_needs_labels(model_dirs):
+    with pytest.raises(UserInputError, match="at least 2 label names"):
+        AdapterModule(model_dirs["bert"], label_names=None)
+
+
+def test_pooling_by_family(model_dirs):
+    assert make_module(model_dirs["gpt2"]).head._pooling == "last"
+    assert make_module(model_dirs["llama"]).head._pooling == "last"
+    assert make_module(model_dirs["bert"]).head._pooling == "mean"
+    t5 = make_module(model_dirs["t5"])
+    assert t5.head._pooling == "mean" and not hasattr(t5.backbone, "decoder")  # encoder only
+
+
+def test_last_token_pooling_ignores_left_and_right_padding(model_dirs):
+    module = make_module(model_dirs["llama"]).eval()
+    tok = build_tokenizer()
+    single = module(sample_batch(tok, ["net sales fell"]))
+    for side in ("right", "left"):
+        tok.padding_side = side
+        padded = module(sample_batch(tok, ["net sales fell", "the bank card cut and the shares dropped"]))
+        assert torch.allclose(padded[0], single[0], atol=1e-5)
+
+
+def test_bfloat16_base_with_fp32_adapters_and_head(model_dirs):
+    module = make_module(model_dirs["llama"], dtype="bfloat16")
+    assert module.backbone.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in module.parameters() if p.requires_grad)
+    logits = module(sample_batch(build_tokenizer()))
+    assert logits.dtype == torch.float32
+    with pytest.raises(UserInputError, match="unknown dtype 'fp8'"):
+        make_module(model_dirs["llama"], dtype="fp8")
