@@ -2,7 +2,7 @@
 
 from lightning_adapters.callbacks import JsonlPredictionWriter
 from lightning_adapters.checkpoint import load_adapter, save_adapter
-# TMP from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.module import AdapterModule

@@ -131,8 +131,9 @@ def check_fingerprint(saved: dict, model: nn.Module, where: str) -> None:
     """Raise if ``model`` is not the base that ``saved`` (from `fingerprint`) was computed on."""
     current = fingerprint(model)
     same_config = saved.get("config_json") == current["config_json"]
-    same_weights = torch.allclose(torch.tensor(saved.get("embedding_probe", [])), torch.tensor(current["embedding_probe"]),
-                                  rtol=1e-2, atol=1e-2) if len(saved.get("embedding_probe", [])) == 8 else False
+    probe = saved.get("embedding_probe", [])
+    same_weights = len(probe) == len(current["embedding_probe"]) and torch.allclose(
+        torch.tensor(probe), torch.tensor(current["embedding_probe"]), rtol=1e-2, atol=1e-2)
     if not (same_config and same_weights):
         raise UserInputError(f"{where} was trained on base model '{saved.get('name_or_path')}' "
                              f"({saved.get('model_type')}), not on '{current['name_or_path']}' "

@@ -42,14 +42,28 @@ class AdaptersCLI(LightningCLI):
             print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> AdaptersCLI:
     """Console entry point: bad input ends with one line on stderr and exit status 2, not a traceback."""
     try:
-        AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                     args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True})
-    except UserInputError as err:
-        print(f"lightning-adapters: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 — re-raised below unless it is (or wraps) bad user input
+        cause = user_input_error(err)
+        if cause is None:
+            raise
+        print(f"lightning-adapters: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_input_error(err: BaseException | None) -> UserInputError | None:
+    """The UserInputError behind ``err``: jsonargparse wraps errors raised while it instantiates classes."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserInputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

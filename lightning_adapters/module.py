@@ -26,6 +26,20 @@ from lightning_adapters.strategies import Bottleneck, Strategy, adapter_named_pa
 CHECKPOINT_KEY = "lightning_adapters"
 
 
+def rng_state() -> dict[str, Any]:
+    """The RNG streams dropout and shuffling draw from, as tensors and plain Python values (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+
+
 class AdapterModule(L.LightningModule):
     """Parameter-efficient fine-tuning of a frozen Hugging Face model.
 
@@ -96,7 +110,7 @@ class AdapterModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "base_model": self.base_fingerprint, "label_names": self.label_names,
             # Exact resume: the RNG streams that dropout and data shuffling draw from.
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -106,11 +120,14 @@ class AdapterModule(L.LightningModule):
                                  "checkpoint from a lightning-adapters run")
         hf.check_fingerprint(meta["base_model"], self.backbone, "checkpoint")
         self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
-        rng = meta.get("rng")
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+        if meta.get("rng") is not None:
+            set_rng_state(meta["rng"])
+
+    def save_adapter(self, folder: str) -> None:
+        """Export the adapter folder (safetensors weights + JSON config); see `lightning_adapters.load_adapter`."""
+        from lightning_adapters.checkpoint import save_adapter  # checkpoint.py builds modules: import it lazily
+
+        save_adapter(self, folder)
 
     # ---- training --------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -84,9 +84,9 @@ class ClassificationHead(TaskHead):
         probabilities = logits.float().softmax(-1).tolist()
         texts = batch.get("text") or [None] * len(probabilities)
         rows = []
-        for text, probs in zip(texts, probabilities):
+        for text, probs in zip(texts, probabilities, strict=True):
             best = max(range(len(probs)), key=probs.__getitem__)
             rows.append({"text": text, "label": self.label_names[best],
-                         "probabilities": {name: round(p, 6) for name, p in zip(self.label_names, probs)}})
+                         "probabilities": {name: round(p, 6) for name, p in zip(self.label_names, probs, strict=True)}})
         return rows
 

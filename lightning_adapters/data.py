@@ -1,0 +1,375 @@
+"""Text classification data from local files or the Hub: read and check eagerly, split, tokenize, pad per batch.
+
+Everything a user can get wrong (a path, a column, a label, a malformed row) is found in ``__init__``, before Lightning
+creates any log or checkpoint folder, and reported as one `UserInputError` line naming the file, the row and the fix.
+Missing validation/test splits are carved from the training rows: seeded and stratified (each label keeps its share,
+within one row), the test split first, then the validation split from what is left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from lightning_adapters.backbone import load_tokenizer, resolve
+from lightning_adapters.errors import UserInputError
+
+SPLITS = ("train", "validation", "test", "predict")
+_HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+
+
+@dataclass
+class Table:
+    """The columns of one file or hub split, and where each row starts in its source (for error messages)."""
+
+    source: str  # e.g. "train_file 'data/train.csv'"
+    columns: dict[str, list[Any]]
+    lines: list[int]
+    unit: str = "line"
+
+    def where(self, row: int) -> str:
+        return f"{self.source} {self.unit} {self.lines[row]}"
+
+    def column(self, name: str, option: str) -> list[Any]:
+        if name not in self.columns:
+            raise UserInputError(f"{self.source} has no column '{name}' (columns: {', '.join(self.columns) or 'none'})"
+                                 f" — set {option} to one of them")
+        return self.columns[name]
+
+
+def read_delimited(path: Path, source: str, delimiter: str = ",") -> Table:
+    """CSV or TSV with a header row; every row must have as many fields as the header (Python `csv` quoting)."""
+    rows, lines, sep = [], [], "tab" if delimiter == "\t" else f"'{delimiter}'"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:  # -sig drops the BOM that Excel writes
+            reader = csv.reader(file, delimiter=delimiter)
+            header = next(reader, [])
+            start = reader.line_num + 1
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise UserInputError(f"{source} line {start}: expected {len(header)} fields ({', '.join(header)}),"
+                                         f" found {len(row)} — quote values that contain {sep} or a quote")
+                if row:  # csv yields [] for a blank line
+                    rows.append(row)
+                    lines.append(start)
+                start = reader.line_num + 1  # a quoted value may span lines: report where the record starts
+    except csv.Error as err:
+        raise UserInputError(f"{source} line {reader.line_num}: malformed row ({err}) — fix the quoting there") from err
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{source} is not UTF-8 ({err.reason} at byte {err.start}) — save it as UTF-8") from err
+    return Table(source, {name: [row[i] for row in rows] for i, name in enumerate(header)}, lines)
+
+
+def read_jsonl(path: Path, source: str) -> Table:
+    """JSON Lines: one object per line; keys are columns."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{source} is not UTF-8 ({err.reason} at byte {err.start}) — save it as UTF-8") from err
+    records, lines = [], []
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold raw U+2028
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserInputError(f"{source} line {number}: invalid JSON ({err.msg}) — one object per line") from err
+        if not isinstance(record, dict):
+            raise UserInputError(f"{source} line {number}: expected a JSON object, found {type(record).__name__}"
+                                 " — write one object per line")
+        records.append(record)
+        lines.append(number)
+    names = list(dict.fromkeys(key for record in records for key in record))
+    return Table(source, {name: [record.get(name) for record in records] for name in names}, lines)
+
+
+def read_parquet(path: Path, source: str) -> Table:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several unrelated types for a file that is not parquet
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"cannot read {source} as parquet ({reason}) — pass a parquet file") from err
+    return Table(source, {str(c): frame[c].tolist() for c in frame.columns}, list(range(1, len(frame) + 1)), "row")
+
+
+READERS = {".csv": read_delimited, ".tsv": partial(read_delimited, delimiter="\t"), ".jsonl": read_jsonl,
+           ".json": read_jsonl, ".parquet": read_parquet}
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_name(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():  # int columns with gaps come back from pandas as floats
+        value = int(value)
+    return "" if _missing(value) else str(value).strip()
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(_as_name(value))
+    except ValueError:
+        return None
+
+
+def infer_label_names(values: list[Any]) -> list[str]:
+    """Sorted distinct labels: numerically when they are all integers (so 10 follows 9), else as strings."""
+    names = sorted({_as_name(v) for v in values} - {""})
+    return sorted(names, key=int) if all(_as_int(n) is not None for n in names) else names
+
+
+def label_ids(values: list[Any], table: Table, label_names: list[str]) -> list[int]:
+    """Map label names to ids; a column of integers that are not all names is read as indices into label_names."""
+    index = {name: i for i, name in enumerate(label_names)}
+    names = [_as_name(v) for v in values]
+    if all(name in index for name in names):
+        return [index[name] for name in names]
+    shown = ", ".join(label_names[:8]) + (", ..." if len(label_names) > 8 else "")
+    ints = [_as_int(v) for v in values]
+    if all(i is not None for i in ints):
+        bad = next((row for row, i in enumerate(ints) if not 0 <= i < len(label_names)), None)
+        if bad is None:
+            return ints
+        raise UserInputError(f"{table.where(bad)}: label index {ints[bad]} is out of range for {len(label_names)} "
+                             f"label names ({shown}) — fix the row or pass label_names")
+    bad = next(row for row, name in enumerate(names) if name not in index)
+    what = f"label '{names[bad]}'" if names[bad] else "empty label"
+    raise UserInputError(f"{table.where(bad)}: {what} is not one of the label names ({shown}) — fix the row or "
+                         "add it to label_names")
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A fresh permutation each epoch, drawn from ``seed + epoch`` only.
+
+    Lightning calls ``set_epoch`` at every epoch start, so the order depends on nothing but the seed and the epoch:
+    a run resumed from a checkpoint sees exactly the batches an uninterrupted run sees.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def stratified_split(labels: list[int], fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Row indices (kept, held out), each in file order; round(n * fraction) random rows of each label are held out."""
+    by_label: dict[int, list[int]] = {}
+    for row, label in enumerate(labels):
+        by_label.setdefault(label, []).append(row)
+    held: set[int] = set()
+    for label in sorted(by_label):
+        rows = by_label[label]
+        count = math.floor(len(rows) * fraction + 0.5)  # round half up: Python's round() goes to even
+        held.update(rows[i] for i in rng.permutation(len(rows))[:count])
+    return [r for r in range(len(labels)) if r not in held], sorted(held)
+
+
+class TextCollator:
+    """Dynamic padding (each batch as wide as its longest input, the tokenizer's pad token and side), plus raw texts."""
+
+    def __init__(self, tokenizer, with_text: bool = False) -> None:
+        self.pad, self.with_text = DataCollatorWithPadding(tokenizer, return_tensors="pt"), with_text
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = dict(self.pad([{k: v for k, v in item.items() if k != "text"} for item in items]))
+        if self.with_text:
+            batch["text"] = [item["text"] for item in items]
+        return batch
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Sequence classification from CSV/TSV/JSONL/parquet files or a Hub dataset.
+
+    Args:
+        tokenizer: backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model).
+        train_file: training file (.csv, .tsv, .jsonl/.json lines, .parquet).
+        validation_file: validation file; carved from the training rows when missing.
+        test_file: test file; carved from the training rows when missing.
+        predict_file: texts to predict (a label column is optional); the test split when missing.
+        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
+        hub_config: configuration name of ``hub_dataset``.
+        text_column: column holding the input text.
+        label_column: column holding the label (a name, or an integer index into ``label_names``).
+        label_names: the label set in id order; default: the dataset's class names, else the sorted training labels.
+        validation_fraction: share of the training rows (after the test split) held out for validation when missing.
+        test_fraction: share of the training rows held out for test when missing.
+        seed: seed of the split and of the training-batch order.
+        max_length: longest tokenized input; longer ones are truncated.
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        num_workers: data-loading worker processes.
+    """
+
+    def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
+                 test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
+                 hub_config: str | None = None, text_column: str = "text", label_column: str = "label",
+                 label_names: list[str] | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.1,
+                 seed: int = 42, max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        limits = {"validation_fraction": (validation_fraction, 0, 1), "test_fraction": (test_fraction, 0, 1),
+                  "max_length": (max_length, 1, math.inf), "batch_size": (batch_size, 1, math.inf),
+                  "eval_batch_size": (eval_batch_size, 1, math.inf), "num_workers": (num_workers, 0, math.inf)}
+        for name, (value, low, high) in limits.items():
+            if not low <= value < high:
+                raise UserInputError(f"{name}={value} is out of range — use a value >= {low}"
+                                     + (f" and < {high}" if high < math.inf else ""))
+        resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
+        self.tokenizer_name, self.text_column, self.label_column = tokenizer, text_column, label_column
+        self.validation_fraction, self.test_fraction, self.seed = validation_fraction, test_fraction, seed
+        self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
+        self.eval_batch_size = eval_batch_size
+        tables, class_names = self._read_hub(hub_dataset, hub_config) if hub_dataset else ({}, None)
+        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
+            if path is not None:
+                tables[split] = self._read_file(f"{split}_file", path)
+        for table in tables.values():
+            if not table.lines:
+                raise UserInputError(f"{table.source} is empty (no data rows) — pass data with a header and rows")
+        self.label_names: list[str] = self._label_names(tables, label_names, class_names)
+        self.splits: dict[str, tuple[list[str], list[int] | None]] = {
+            split: self._examples(table, labelled=split != "predict") for split, table in tables.items()}
+        self._carve_missing_splits()
+        self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
+        self._datasets: dict[str, list[dict[str, Any]]] = {}
+
+    # ---- reading and checking (all in __init__) ----------------------------------------------------------------
+    def read_table(self, path: Path, source: str) -> Table:
+        """Read one local file by its extension; packs override this to add formats."""
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise UserInputError(f"unsupported file type '{path.suffix}' for {source} — use "
+                                 f"{', '.join(READERS)}")
+        return reader(path, source)
+
+    def _read_file(self, option: str, name: str) -> Table:
+        path, source = Path(name).expanduser(), f"{option} '{name}'"
+        if not path.is_file():
+            raise UserInputError(f"{option} not found: '{name}' — pass an existing file")
+        return self.read_table(path, source)
+
+    def _read_hub(self, name: str, config: str | None) -> tuple[dict[str, Table], list[str] | None]:
+        import datasets
+
+        try:
+            loaded = datasets.load_dataset(name, config)
+        except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
+                                 "config, or pass local files") from err
+        tables, class_names = {}, None
+        for split_name, split in loaded.items():
+            if split_name not in _HUB_SPLITS:
+                continue
+            columns = {column: split[column] for column in split.column_names}
+            feature = split.features.get(self.label_column)
+            if isinstance(feature, datasets.ClassLabel):  # ints -> the dataset's own names, whatever label_names is
+                class_names = list(feature.names)
+                columns[self.label_column] = [feature.int2str(int(v)) for v in columns[self.label_column]]
+            source = f"hub dataset '{name}' split '{split_name}'"
+            tables[_HUB_SPLITS[split_name]] = Table(source, columns, list(range(1, len(split) + 1)), "row")
+        return tables, class_names
+
+    def _label_names(self, tables: dict[str, Table], given: list[str] | None, class_names: list[str] | None
+                     ) -> list[str]:
+        if given is not None:
+            if not given or len(set(given)) != len(given):
+                raise UserInputError(f"label_names must be a non-empty list of distinct names, got {given} — fix it")
+            return [str(name) for name in given]
+        if class_names:
+            return class_names
+        if "train" not in tables:
+            raise UserInputError("no training data to take the label names from — pass train_file (or hub_dataset), "
+                                 "or label_names")
+        return infer_label_names(tables["train"].column(self.label_column, "label_column"))
+
+    def _examples(self, table: Table, labelled: bool) -> tuple[list[str], list[int] | None]:
+        texts = ["" if _missing(v) else str(v) for v in table.column(self.text_column, "text_column")]
+        blank = next((row for row, text in enumerate(texts) if not text.strip()), None)
+        if blank is not None:
+            raise UserInputError(f"{table.where(blank)}: empty text in column '{self.text_column}' — fill it in or "
+                                 "remove the row")
+        if not labelled and self.label_column not in table.columns:
+            return texts, None
+        return texts, label_ids(table.column(self.label_column, "label_column"), table, self.label_names)
+
+    def _carve_missing_splits(self) -> None:
+        if "train" not in self.splits:
+            return
+        rng = np.random.default_rng(self.seed)
+        for split, fraction in (("test", self.test_fraction), ("validation", self.validation_fraction)):
+            if split in self.splits or fraction == 0:
+                continue
+            texts, labels = self.splits["train"]
+            keep, held = stratified_split(labels, fraction, rng)
+            if not keep or not held:
+                raise UserInputError(f"a {fraction:.0%} {split} split of {len(texts)} training rows would leave an "
+                                     f"empty split — pass {split}_file or change {split}_fraction")
+            self.splits[split] = ([texts[r] for r in held], [labels[r] for r in held])
+            self.splits["train"] = ([texts[r] for r in keep], [labels[r] for r in keep])
+
+    # ---- tokenizing and batching -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        for split, (texts, labels) in self.splits.items():
+            if split in self._datasets:
+                continue
+            encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
+            items = [{"input_ids": ids, "attention_mask": mask, "text": text}
+                     for ids, mask, text in zip(encoded["input_ids"], encoded["attention_mask"], texts, strict=True)]
+            for item, label in zip(items, labels or [None] * len(items), strict=True):
+                if label is not None:  # predict files may come without labels
+                    item["labels"] = label
+            self._datasets[split] = items
+        sizes = ", ".join(f"{split} {len(texts):,}" for split, (texts, _) in self.splits.items())
+        rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels")
+
+    def _loader(self, split: str, train: bool = False, with_text: bool = False) -> DataLoader:
+        if split not in self._datasets:
+            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
+        collate = TextCollator(self.tokenizer, with_text)
+        dataset = self._datasets[split]
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                          sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The predict file, else the test split; batches also carry the raw ``text`` for prediction writers."""
+        return self._loader("predict" if "predict" in self._datasets else "test", with_text=True)
