@@ -42,8 +42,13 @@ class AdaptersCLI(LightningCLI):
             print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
 
 
-def main(args: list[str] | None = None) -> AdaptersCLI:
-    """Console entry point: bad input ends with one line on stderr and exit status 2, not a traceback."""
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (returns nothing: a returned object would become the process's exit status)."""
+    run_cli(args)
+
+
+def run_cli(args: list[str] | None = None) -> AdaptersCLI:
+    """Run the CLI and return it; bad input ends with one line on stderr and exit status 2, not a traceback."""
     try:
         return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                     args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True})
@@ -66,5 +71,5 @@ def user_input_error(err: BaseException | None) -> UserInputError | None:
     return None
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m lightning_adapters.cli
     main()

@@ -72,7 +72,8 @@ class AdapterModule(L.LightningModule):
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         loaded = hf.load_model(backbone, self.head.auto_class, dtype, revision, trust_remote_code)
-        self.backbone = self.head.prepare_backbone(loaded)
+        # from_pretrained returns eval mode; fine-tuning keeps the frozen base's dropout active, as HF's Trainer does.
+        self.backbone = self.head.prepare_backbone(loaded).train()
         self.strategy.apply(self.backbone)
         self.head.build(self.backbone.config, self.label_names)
         self.base_fingerprint = hf.fingerprint(self.backbone)

@@ -217,3 +217,18 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(case, message, workd
 
 def test_user_input_error_is_a_value_error():
     assert issubclass(UserInputError, ValueError)
+
+
+def test_console_script_exit_status(workdir, model_dirs):
+    """The installed `lightning-adapters` command: 0 on success, 2 with one stderr line on bad input."""
+    import subprocess
+    import sys
+
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1})
+    run = [sys.executable, "-m", "lightning_adapters.cli", "validate", "--config", str(config)]
+    assert subprocess.run(run, capture_output=True, text=True).returncode == 0
+    bad = write_config(workdir, str(workdir / "missing"))
+    result = subprocess.run([*run[:-1], str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("lightning-adapters: error: model path not found")
+    assert "Traceback" not in result.stderr

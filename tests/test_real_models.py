@@ -78,10 +78,10 @@ def test_smollm2_gguf_decoder_bottleneck_equals_base_at_init_and_round_trips(smo
 
 def test_quickstart_beats_the_majority_class_and_checkpoints_are_small(tmp_path, monkeypatch):
     """The README's main job: finance sentiment sample, Pfeiffer bottleneck on MiniLM."""
-    from lightning_adapters.cli import main
+    from lightning_adapters.cli import run_cli
 
     monkeypatch.chdir(REPO)
-    cli = main(["fit", "--config", "configs/finance_sentiment/bottleneck.yaml", "--export_dir",
+    cli = run_cli(["fit", "--config", "configs/finance_sentiment/bottleneck.yaml", "--export_dir",
                 str(tmp_path / "adapter"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
                 "--trainer.enable_progress_bar", "false"])
     accuracy = cli.trainer.callback_metrics["test_accuracy"].item()
