@@ -91,15 +91,23 @@ def load_adapter(folder: str | os.PathLike, backbone: str | None = None, dtype: 
         dtype: dtype of the frozen base (default: the recorded one).
     """
     config = read_adapter_config(folder)
-    weights = read_adapter_weights(folder)  # read both files before the (slow) base model load
-    module = AdapterModule(
+    return AdapterModule(
         backbone=backbone or config["backbone"],
         strategy=build_from_config(config["strategy"], Strategy, "strategy"),
         head=build_from_config(config["head"], TaskHead, "head"),
         label_names=config["label_names"],
         dtype=dtype if dtype is not None else config.get("dtype"),
+        adapter=str(folder),
     )
+
+
+def apply_adapter(module: AdapterModule, folder: str | os.PathLike) -> None:
+    """Load an adapter folder's weights into ``module`` after checking base model, label names and weight names."""
+    config = read_adapter_config(folder)
+    weights = read_adapter_weights(folder)
     check_fingerprint(config["base_model"], module.backbone, f"adapter '{folder}'")
+    if config.get("label_names") != module.label_names:
+        raise UserInputError(f"adapter '{folder}' was trained with labels {config.get('label_names')}, this model "
+                             f"has {module.label_names} — use the same label names in the same order")
     module.check_trainable_state(weights, f"adapter '{folder}'")
     module.load_state_dict(weights, strict=False)
-    return module

@@ -56,13 +56,15 @@ class AdapterModule(L.LightningModule):
         scheduler: any LR scheduler (``class_path`` in YAML) instead of the default warm-up/decay, stepped per step.
         revision: hub revision of the backbone.
         trust_remote_code: run model code shipped with a hub checkpoint (off unless you trust it).
+        adapter: start from the weights of an exported adapter folder (same base, strategy, head and labels), e.g.
+            to test or predict with it, or to keep training it.
     """
 
     def __init__(self, backbone: str = "minilm", strategy: Strategy | None = None, head: TaskHead | None = None,
                  label_names: list[str] | None = None, dtype: str | None = None, learning_rate: float = 1e-3,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, optimizer: OptimizerCallable | None = None,
                  scheduler: LRSchedulerCallable | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, adapter: str | None = None) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.strategy = strategy or Bottleneck()
@@ -80,6 +82,10 @@ class AdapterModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks the keys
         self.val_metrics = self.head.metrics().clone(prefix="val_")
         self.test_metrics = self.head.metrics().clone(prefix="test_")
+        if adapter is not None:
+            from lightning_adapters.checkpoint import apply_adapter  # checkpoint.py imports this module
+
+            apply_adapter(self, adapter)
 
     # ---- what is trainable, and what a checkpoint holds -------------------------------------------------------
     def trainable_names(self) -> list[str]:

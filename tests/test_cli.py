@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import WORDS
+import torch.nn.functional as F
+from conftest import WORDS, build_model, build_tokenizer
 from lightning.pytorch.callbacks import Callback
 
-from lightning_adapters.cli import main
+from lightning_adapters import ClassificationHead
+from lightning_adapters.cli import main, run_cli
 from lightning_adapters.errors import UserInputError
 
 LABELS = ["negative", "neutral", "positive"]
@@ -232,3 +234,45 @@ def test_console_script_exit_status(workdir, model_dirs):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("lightning-adapters: error: model path not found")
     assert "Traceback" not in result.stderr
+
+
+def test_exported_adapter_drives_test_and_bad_adapters_are_refused(workdir, model_dirs, capsys):
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1})
+    run_cli(["fit", "--config", str(config)])
+    fitted = run_cli(["test", "--config", str(config), "--ckpt_path", str(workdir / "ckpt" / "last.ckpt")])
+    from_folder = run_cli(["test", "--config", str(config), "--model.init_args.adapter", str(workdir / "adapter")])
+    # the exported folder is the best checkpoint's weights; with one epoch, best == last
+    assert from_folder.trainer.callback_metrics["test_loss"] == fitted.trainer.callback_metrics["test_loss"]
+
+    other = workdir / "other-base"
+    build_model("bert", seed=99).save_pretrained(other)
+    build_tokenizer().save_pretrained(other)
+    capsys.readouterr()
+    _fails_cleanly(workdir, capsys, ["test", "--config", str(config), "--model.init_args.backbone", str(other),
+                                     "--model.init_args.adapter", str(workdir / "adapter")],
+                   "was trained on base model")
+    weights = workdir / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    _fails_cleanly(workdir, capsys, ["test", "--config", str(config), "--model.init_args.adapter",
+                                     str(workdir / "adapter")], "not a readable safetensors file")
+
+
+class LabelSmoothingHead(ClassificationHead):
+    """A user's subclass, named by class_path in YAML."""
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=0.2)
+
+
+def test_user_subclass_and_custom_optimizer_from_yaml(workdir, model_dirs):
+    config = write_config(workdir, model_dirs["bert"], **{
+        "trainer.max_epochs": 1,
+        "model.init_args.head": {"class_path": "test_cli.LabelSmoothingHead"},
+        "model.init_args.optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
+        "model.init_args.scheduler": {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 2}},
+    })
+    cli = run_cli(["fit", "--config", str(config)])
+    assert isinstance(cli.model.head, LabelSmoothingHead)
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.StepLR)
