@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from conftest import WORDS, build_model, build_tokenizer
 from lightning.pytorch.callbacks import Callback
 

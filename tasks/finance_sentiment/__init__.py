@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lightning_adapters.data import Table, TextClassificationDataModule
+from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.readers import Table
 
 LABEL_NAMES = ["negative", "neutral", "positive"]
 HUB_DATASET = "takala/financial_phrasebank"
