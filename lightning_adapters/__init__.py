@@ -6,8 +6,8 @@ from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.module import AdapterModule
-from lightning_adapters.strategies import Bottleneck, Strategy
+from lightning_adapters.strategies import IA3, Bottleneck, Lora, Strategy
 
-__all__ = ["AdapterModule", "Bottleneck", "ClassificationHead", "JsonlPredictionWriter", "Strategy", "TaskHead",
-           "TextClassificationDataModule", "UserInputError", "load_adapter", "save_adapter"]
+__all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "JsonlPredictionWriter", "Lora", "Strategy",
+           "TaskHead", "TextClassificationDataModule", "UserInputError", "load_adapter", "save_adapter"]
 __version__ = "0.1.0"

@@ -9,6 +9,9 @@ from lightning_adapters.strategies.base import (
     match_target,
 )
 from lightning_adapters.strategies.bottleneck import Bottleneck, BottleneckLayer
+from lightning_adapters.strategies.ia3 import IA3, IA3Layer
+from lightning_adapters.strategies.lora import Lora, LoraLayer, merge_adapters, unmerge_adapters
 
-__all__ = ["AdapterLayer", "Bottleneck", "BottleneckLayer", "Strategy", "adapter_named_parameters",
-           "adapter_state_dict", "find_modules", "match_target"]
+__all__ = ["AdapterLayer", "Bottleneck", "BottleneckLayer", "IA3", "IA3Layer", "Lora", "LoraLayer", "Strategy",
+           "adapter_named_parameters", "adapter_state_dict", "find_modules", "match_target", "merge_adapters",
+           "unmerge_adapters"]

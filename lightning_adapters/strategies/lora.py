@@ -1,0 +1,201 @@
+r"""LoRA: a trainable low-rank update beside each frozen Linear layer.
+
+    h = W x + s * B A dropout(x),    A in R^{r x in}, B in R^{out x r},    s = alpha / r    (rsLoRA: alpha / sqrt(r))
+
+``A`` starts kaiming-uniform (as in PEFT) and ``B`` at zero, so at step 0 the adapted model computes exactly what the
+base model computes. The update is linear in ``x``, so it can be folded into the base weight (``W += s * B A``) for
+inference at no extra cost, and taken out again (`merge_adapters` / `unmerge_adapters`). GPT-2's ``Conv1D`` stores
+its weight transposed (in x out); the merge transposes the update to match.
+
+Papers: https://arxiv.org/abs/2106.09685 (LoRA), https://arxiv.org/abs/2312.03732 (rsLoRA).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.strategies.base import (
+    AdapterLayer,
+    Strategy,
+    adapter_layers,
+    find_modules,
+    is_linear,
+    linear_features,
+    match_target,
+    replace_module,
+)
+
+_BERT_LIKE = ["query", "value"]
+_LLAMA_LIKE = ["q_proj", "v_proj"]
+# The attention query and value projections, as in the LoRA paper (and PEFT's defaults).
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "bert": _BERT_LIKE, "roberta": _BERT_LIKE, "xlm-roberta": _BERT_LIKE, "electra": _BERT_LIKE,
+    "camembert": _BERT_LIKE, "deberta-v2": ["query_proj", "value_proj"], "distilbert": ["q_lin", "v_lin"],
+    "modernbert": ["Wqkv"], "gpt2": ["c_attn"],
+    "llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "mixtral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE, "gemma2": _LLAMA_LIKE, "t5": ["q", "v"], "mt5": ["q", "v"],
+    "bart": _LLAMA_LIKE, "mbart": _LLAMA_LIKE,
+}
+ALL_LINEAR = "all-linear"
+_Entry = TypeVar("_Entry")
+
+
+class LoraLayer(AdapterLayer):
+    """Wraps one Linear or Conv1D (``base_layer``) with a LoRA update; ``merge``/``unmerge`` fold it in and out."""
+
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        in_features, out_features = linear_features(base_layer)
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
+        self.merged = False
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result  # the update already lives in the base weight
+        # Adapters keep fp32 weights even when the frozen base runs in half precision.
+        delta = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
+        return result + (self.scaling * delta).to(result.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s * B A`` in fp32, laid out like the base weight (transposed for Conv1D)."""
+        delta = self.scaling * (self.lora_B.weight.float() @ self.lora_A.weight.float())
+        return delta.T if isinstance(self.base_layer, Conv1D) else delta
+
+    def merge(self) -> None:
+        """Add the update to the base weight in place (in its dtype, computed in fp32); forward then skips it."""
+        if self.merged:
+            raise UserInputError("LoRA layer is already merged — merging twice would add the update twice; call "
+                                 "unmerge() first")
+        _add_to_weight(self.base_layer.weight, self.delta_weight(), sign=1.0)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Subtract the merged update from the base weight again."""
+        if not self.merged:
+            raise UserInputError("LoRA layer is not merged — there is nothing to unmerge")
+        _add_to_weight(self.base_layer.weight, self.delta_weight(), sign=-1.0)
+        self.merged = False
+
+
+@torch.no_grad()
+def _add_to_weight(weight: torch.Tensor, delta: torch.Tensor, sign: float) -> None:
+    weight.copy_((weight.float() + sign * delta.to(weight.device)).to(weight.dtype))
+
+
+class Lora(Strategy):
+    """LoRA on the attention projections (or any Linear layers you name).
+
+    Args:
+        r: rank of the update.
+        alpha: scale numerator: the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``).
+        dropout: dropout on the LoRA input during training.
+        target_modules: where to add LoRA: a regex matching whole module names, a list of names or ``.suffix``es,
+            or ``all-linear`` (every Linear inside the transformer blocks). Default: the query and value projections
+            of known families (``config.model_type``).
+        exclude_modules: modules to leave alone, with the same matching rules.
+        use_rslora: rank-stabilised scaling ``alpha / sqrt(r)`` (Kalajdzievski 2023), better for large ranks.
+    """
+
+    def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
+                 target_modules: str | list[str] | None = None, exclude_modules: str | list[str] | None = None,
+                 use_rslora: bool = False) -> None:
+        if r < 1:
+            raise UserInputError(f"LoRA rank r must be a positive integer, got {r}")
+        if not 0.0 <= dropout < 1.0:
+            raise UserInputError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        self.r = r
+        self.alpha = alpha
+        self.dropout = dropout
+        self.target_modules = target_modules
+        self.exclude_modules = exclude_modules
+        self.use_rslora = use_rslora
+
+    def apply(self, model: nn.Module) -> None:
+        targets = self.target_modules
+        if targets is None:
+            targets = default_targets(model, DEFAULT_TARGETS, "LoRA")
+        for name in select_linear(model, targets, self.exclude_modules, "LoRA"):
+            base = model.get_submodule(name)
+            layer = LoraLayer(base, self.r, self.alpha, self.dropout, self.use_rslora)
+            layer.to(device=base.weight.device)
+            replace_module(model, name, layer)
+
+
+def model_type(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+
+
+def default_targets(model: nn.Module, table: dict[str, _Entry], method: str) -> _Entry:
+    """The table entry for ``model``'s ``config.model_type``, or a clear refusal naming what to pass instead."""
+    kind = model_type(model)
+    if kind not in table:
+        raise UserInputError(f"no default {method} targets for model_type '{kind}' — pass target_modules (e.g. "
+                             f"{_linear_examples(model)}, or '{ALL_LINEAR}'); known types: {', '.join(sorted(table))}")
+    return table[kind]
+
+
+def select_linear(model: nn.Module, targets: str | list[str], exclude: str | list[str] | None,
+                  method: str) -> list[str]:
+    """Names of the Linear/Conv1D modules to wrap: ``targets`` (PEFT semantics or ``all-linear``) minus ``exclude``."""
+    if targets == ALL_LINEAR:
+        # Only inside the numbered transformer blocks: never a pooler, a classifier or an LM head.
+        inside = tuple(f"{name}." for name, _ in adapter_layers(model))
+        names = [name for name, module in model.named_modules() if is_linear(module) and not name.startswith(inside)
+                 and any(part.isdigit() for part in name.split("."))]
+    else:
+        names = find_modules(model, targets)
+    if exclude:
+        names = [name for name in names if not match_target(name, exclude)]
+    if not names:
+        raise UserInputError(f"{method} target_modules {targets!r} (exclude_modules {exclude!r}) match no Linear "
+                             f"layer of model_type '{model_type(model)}' — Linear layers are named like "
+                             f"{_linear_examples(model)}")
+    return names
+
+
+def _linear_examples(model: nn.Module, count: int = 6) -> str:
+    names = [name for name, module in model.named_modules() if is_linear(module)]
+    return ", ".join(repr(n) for n in names[:count]) or "(none: the model has no Linear layer)"
+
+
+def _mergeable(model: nn.Module) -> list[AdapterLayer]:
+    layers = [layer for _, layer in adapter_layers(model)]
+    unmergeable = sorted({type(layer).__name__ for layer in layers if not hasattr(layer, "merge")})
+    if unmergeable:
+        raise UserInputError(f"{', '.join(unmergeable)} cannot be merged into the base weights (not linear); only "
+                             "LoRA and IA3 layers can")
+    if not layers:
+        raise UserInputError("the model has no adapter layers to merge — apply a Lora or IA3 strategy first")
+    return layers
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """Fold every LoRA/IA3 layer of ``model`` into its base weight (faster inference; `unmerge_adapters` undoes)."""
+    layers = _mergeable(model)
+    if any(layer.merged for layer in layers):
+        raise UserInputError("adapters are already merged — merging twice would apply them twice; call "
+                             "unmerge_adapters() first")
+    for layer in layers:
+        layer.merge()
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    """Take merged LoRA/IA3 updates out of the base weights again, restoring them up to float rounding."""
+    layers = _mergeable(model)
+    if not all(layer.merged for layer in layers):
+        raise UserInputError("adapters are not merged — there is nothing to unmerge")
+    for layer in layers:
+        layer.unmerge()
