@@ -50,8 +50,11 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike) -> Path:
 def _atomic_write(target: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should be an ordinary file
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

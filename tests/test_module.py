@@ -150,3 +150,15 @@ def test_bfloat16_base_with_fp32_adapters_and_head(model_dirs):
     assert logits.dtype == torch.float32
     with pytest.raises(UserInputError, match="unknown dtype 'fp8'"):
         make_module(model_dirs["llama"], dtype="fp8")
+
+
+def test_adapter_files_are_ordinary_readable_files(model_dirs, tmp_path):
+    import os
+    import stat
+
+    folder = save_adapter(make_module(model_dirs["bert"]), tmp_path / "adapter")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left behind
