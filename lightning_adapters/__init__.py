@@ -6,8 +6,9 @@ from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.module import AdapterModule
-from lightning_adapters.strategies import IA3, Bottleneck, Lora, Strategy
+from lightning_adapters.strategies import IA3, Bottleneck, Lora, PrefixTuning, PromptTuning, Strategy
 
-__all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "JsonlPredictionWriter", "Lora", "Strategy",
-           "TaskHead", "TextClassificationDataModule", "UserInputError", "load_adapter", "save_adapter"]
+__all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "JsonlPredictionWriter", "Lora", "PrefixTuning",
+           "PromptTuning", "Strategy", "TaskHead", "TextClassificationDataModule", "UserInputError", "load_adapter",
+           "save_adapter"]
 __version__ = "0.1.0"

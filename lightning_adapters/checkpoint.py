@@ -32,16 +32,19 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike) -> Path:
     """Write the adapter folder; each file is written to a temporary name first, so a crash leaves no half file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    strategy_config, adapter = module.strategy.export_state(module.backbone)
+    state = {f"backbone.{name}": tensor for name, tensor in adapter.items()}
+    state.update({f"head.{name}": tensor for name, tensor in module.head.state_dict().items()})
     config = {
         "format": FORMAT,
         "backbone": module.backbone_name,
         "dtype": module.dtype_name,
-        "strategy": module.strategy.hparams(),
+        "strategy": strategy_config,
         "head": module.head.hparams(),
         "label_names": module.label_names,
         "base_model": module.base_fingerprint,
     }
-    weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in module.state_dict().items()}
+    weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
     _atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": FORMAT}))
     _atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
     return folder

@@ -47,8 +47,8 @@ def export_peft(module: AdapterModule, folder: str | os.PathLike) -> Path:
     """
     backbone, strategy = module.backbone, module.strategy
     if not isinstance(strategy, (Lora, IA3)):
-        raise UserInputError(f"PEFT has no equivalent of {type(strategy).__name__}; export_peft supports Lora and "
-                             "IA3 — use save_adapter() for the lightning-adapters format")
+        raise UserInputError(f"export_peft supports Lora and IA3 only, not {type(strategy).__name__} — use "
+                             "save_adapter() for the lightning-adapters format")
     layers = dict(adapter_layers(backbone))
     if any(getattr(layer, "merged", False) for layer in layers.values()):
         raise UserInputError("the adapter is merged into the base weights — call unmerge_adapters() before export")

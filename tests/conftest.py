@@ -6,6 +6,7 @@ users take (`from_pretrained(folder)`) are the ones under test.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -61,7 +62,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(family: str, seed: int = 0):
     torch.manual_seed(seed)
-    model = AutoModel.from_config(CONFIGS[family])
+    model = AutoModel.from_config(copy.deepcopy(CONFIGS[family]))  # tests may change a config: never share it
     model.eval()
     return model
 

@@ -113,7 +113,7 @@ def test_import_a_folder_written_by_peft(model_dirs, tmp_path):
 
 
 def test_refusals(model_dirs, tmp_path):
-    with pytest.raises(UserInputError, match="PEFT has no equivalent of Bottleneck"):
+    with pytest.raises(UserInputError, match="export_peft supports Lora and IA3 only, not Bottleneck"):
         export_peft(AdapterModule(model_dirs["bert"], strategy=Bottleneck(), label_names=LABELS), tmp_path)
     module = trained(model_dirs["bert"], IA3())
     merge_adapters(module.backbone)

@@ -11,7 +11,10 @@ from lightning_adapters.strategies.base import (
 from lightning_adapters.strategies.bottleneck import Bottleneck, BottleneckLayer
 from lightning_adapters.strategies.ia3 import IA3, IA3Layer
 from lightning_adapters.strategies.lora import Lora, LoraLayer, merge_adapters, unmerge_adapters
+from lightning_adapters.strategies.prefix import PrefixEncoder, PrefixTuning, capture_key_values
+from lightning_adapters.strategies.prompt import PromptEmbedding, PromptTuning
 
-__all__ = ["AdapterLayer", "Bottleneck", "BottleneckLayer", "IA3", "IA3Layer", "Lora", "LoraLayer", "Strategy",
-           "adapter_named_parameters", "adapter_state_dict", "find_modules", "match_target", "merge_adapters",
+__all__ = ["AdapterLayer", "Bottleneck", "BottleneckLayer", "IA3", "IA3Layer", "Lora", "LoraLayer", "PrefixEncoder",
+           "PrefixTuning", "PromptEmbedding", "PromptTuning", "Strategy", "adapter_named_parameters",
+           "adapter_state_dict", "capture_key_values", "find_modules", "match_target", "merge_adapters",
            "unmerge_adapters"]

@@ -56,6 +56,11 @@ class Strategy(ABC):
         """``{"class_path", "init_args"}`` — enough to rebuild this strategy with `build_from_config`."""
         return class_config(self)
 
+    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(config, adapter weights) an export writes; strategies with a training-only form (e.g. prefix tuning's
+        reparameterisation MLP) return the folded inference form here."""
+        return self.hparams(), adapter_state_dict(model)
+
 
 def class_config(obj: object) -> dict:
     """The jsonargparse-style config of ``obj``: its class path and the constructor arguments it stored."""

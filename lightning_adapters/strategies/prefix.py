@@ -1,0 +1,309 @@
+r"""Prefix tuning: N trainable keys and values in front of every attention layer's own.
+
+    head_i(x) = softmax(q_i [P_k^i; K_i]^T s + [0; M]) [P_v^i; V_i]     P_k^i, P_v^i in R^{N x d_head} trainable
+
+During training the prefixes come from a reparameterisation (Li & Liang): ``P = MLP(E)`` with a trainable
+``E in R^{N x d_model}`` and ``MLP = Linear(d_model, hidden) -> tanh -> Linear(hidden, sum_i 2 d_i)`` shared by all
+layers. `PrefixTuning.fold` replaces the MLP by the plain tensor it computes (bit-identical outputs) for export.
+Prefix tuning is *not* the identity at initialisation: the random prefixes already take attention mass.
+
+Mechanism — independent of transformers' cache classes. Since transformers 5 every attention layer hands its final
+query/key/value tensors (after RoPE, after any cache update) to ``ALL_ATTENTION_FUNCTIONS.get_interface(
+config._attn_implementation, eager_attention_forward)``. We register one attention function, give each attention
+module a private copy of its config naming it, and that function prepends the layer's prefix to the key and value
+tensors, prepends N visible columns to the mask (zeros to T5's relative position bias) and calls the eager or sdpa
+function the layer would have called. The model-level masks are built as before (the model's config is untouched).
+This holds for encoders, decoders and both stacks of encoder-decoders (self- and cross-attention), works with a KV
+cache (the prefix is never stored in it) and with gradient checkpointing (the prefix is computed inside each layer, so
+recomputation is exact). Refused: attention implementations other than eager/sdpa (flash/flex pack masks
+differently) and families whose attention does not go through the interface.
+
+Positions: prefix keys carry no position of their own (no RoPE is applied to them, T5 adds no relative bias). In
+decoders the input moves to positions ``N..N+s-1`` (counted along the attention mask), as when the paper's GPT-2 code
+and PEFT pass the prefix as a KV cache; encoders keep ``0..s-1``. So a prefix taken from a real text P
+(`capture_key_values`) reproduces the run on ``[P; x]`` exactly for decoders, and for encoders the run in which P
+does not attend to x with x at positions ``N..`` (pass those ``position_ids``).
+
+Paper: https://arxiv.org/abs/2101.00190 (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for
+Generation").
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+
+from lightning_adapters.backbone import is_decoder_only
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.strategies.base import AdapterLayer, Strategy
+from lightning_adapters.strategies.prompt import max_input_length, positions_along_mask
+
+ATTENTION_NAME = "lightning_adapters_prefix"
+_SLOT = "_lightning_adapters_prefix"
+
+
+@dataclass
+class _Slot:
+    """What the attention function needs about one attention module (a plain attribute, not a submodule)."""
+
+    index: int
+    inner: Callable
+    implementation: str
+    encoder: PrefixEncoder | None = None  # None while tracing shapes
+    seen: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The registered attention function: the layer's own eager/sdpa attention over ``[prefix; keys]``."""
+    slot: _Slot = getattr(module, _SLOT)
+    if slot.encoder is None or not slot.encoder.active:
+        slot.seen = (key.detach(), value.detach())
+        return slot.inner(module, query, key, value, attention_mask, **kwargs)
+    prefix_key, prefix_value = slot.encoder.key_value(slot.index)
+    n, batch = prefix_key.shape[-2], key.shape[0]
+    causal = kwargs.get("is_causal")  # as sdpa decides it: the call's flag, else the layer's
+    causal = getattr(module, "is_causal", True) if causal is None else causal
+    attention_mask = _extend_mask(attention_mask, query, key.shape[-2], n, slot.implementation, causal)
+    if kwargs.get("position_bias") is not None:  # T5: no relative-position bias towards the prefix
+        bias = kwargs["position_bias"]
+        kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], dim=-1)
+    key = torch.cat([prefix_key.to(key.dtype).expand(batch, -1, -1, -1), key], dim=-2)
+    value = torch.cat([prefix_value.to(value.dtype).expand(batch, -1, -1, -1), value], dim=-2)
+    return slot.inner(module, query, key, value, attention_mask, **kwargs)
+
+
+def _extend_mask(mask: torch.Tensor | None, query: torch.Tensor, key_length: int, n: int, implementation: str,
+                 causal: bool) -> torch.Tensor | None:
+    """The mask with N always-visible prefix columns in front (bool: True, additive float: 0)."""
+    if mask is None:
+        # sdpa without a mask is causal when the layer is (eager without a mask is not): make that explicit, since
+        # sdpa's is_causal would align the triangle to the top-left of the longer key sequence.
+        q_length = query.shape[-2]
+        if implementation != "sdpa" or not causal or q_length == 1:
+            return None
+        mask = torch.ones(q_length, key_length, dtype=torch.bool, device=query.device)
+        mask = mask.tril(diagonal=key_length - q_length)[None, None]
+    mask = mask[..., :key_length]
+    return torch.cat([mask.new_full((*mask.shape[:-1], n), mask.dtype == torch.bool), mask], dim=-1)
+
+
+AttentionInterface.register(ATTENTION_NAME, prefix_attention)
+
+
+class PrefixEncoder(AdapterLayer):
+    """All layers' prefixes: a plain ``N x sum_i 2 d_i`` tensor, or the reparameterisation MLP that computes it.
+
+    ``shapes[i] = (heads, key_dim, value_dim)`` of attention layer ``i``; its slice of the flat prefix holds the
+    keys then the values, head-major.
+    """
+
+    def __init__(self, num_virtual_tokens: int, shapes: list[tuple[int, int, int]], reparameterize: bool,
+                 hidden: int, width: int) -> None:
+        super().__init__()
+        self.num_virtual_tokens, self.shapes, self.reparameterize = num_virtual_tokens, shapes, reparameterize
+        self.active = True  # False while `capture_key_values` runs the model without prefixes
+        self.arg_names: list[str] = []  # the model's positional forward arguments, and its longest input
+        self.max_length: int | None = None
+        sizes = [heads * (key_dim + value_dim) for heads, key_dim, value_dim in shapes]
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        if reparameterize:
+            self.embedding = nn.Parameter(torch.randn(num_virtual_tokens, width))
+            self.mlp_in = nn.Linear(width, hidden)
+            self.mlp_out = nn.Linear(hidden, self.offsets[-1])
+        else:
+            self.prefix = nn.Parameter(torch.randn(num_virtual_tokens, self.offsets[-1]))
+
+    def flat(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s ``N x 2 d_i`` slice; with the MLP, only that slice of its output layer is computed."""
+        start, end = self.offsets[index], self.offsets[index + 1]
+        if not self.reparameterize:
+            return self.prefix[:, start:end]
+        hidden = torch.tanh(self.mlp_in(self.embedding))
+        return F.linear(hidden, self.mlp_out.weight[start:end], self.mlp_out.bias[start:end])
+
+    def key_value(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s prefix keys and values, each ``(1, heads, N, dim)``."""
+        heads, key_dim, value_dim = self.shapes[index]
+        keys, values = self.flat(index).split([heads * key_dim, heads * value_dim], dim=-1)
+        n = self.num_virtual_tokens
+        return (keys.view(n, heads, key_dim).transpose(0, 1)[None],
+                values.view(n, heads, value_dim).transpose(0, 1)[None])
+
+    def place_after_prefix(self, model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Forward pre-hook for decoders: without explicit ``position_ids`` the input sits at positions ``N..``
+        after the prefix (counted along the attention mask, so left padding changes nothing), as if the prefix were
+        a KV cache — the paper's and PEFT's semantics."""
+        if not self.active:
+            return None
+        inputs = {**dict(zip(self.arg_names, args, strict=False)), **kwargs}
+        tokens = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")
+        if inputs.get("position_ids") is None and tokens is not None:
+            positions, end = positions_along_mask(inputs, tokens.shape[1], self.num_virtual_tokens)
+            if self.max_length is not None and end > self.max_length:
+                raise UserInputError(f"prefix tuning places {end - self.num_virtual_tokens} tokens after "
+                                     f"{self.num_virtual_tokens} prefix positions: {end} positions, more than the "
+                                     f"{self.max_length} of this model (max_position_embeddings) — truncate inputs to "
+                                     f"{self.max_length - self.num_virtual_tokens} tokens or use fewer virtual tokens")
+            inputs["position_ids"] = positions
+        return (), inputs
+
+    @torch.no_grad()
+    def folded(self) -> torch.Tensor:
+        """The plain prefix tensor these weights compute (bit-identical to what `flat` feeds the layers)."""
+        return torch.cat([self.flat(i) for i in range(len(self.shapes))], dim=-1).detach().clone()
+
+    def fold(self) -> None:
+        """Replace the reparameterisation MLP by the prefix tensor it computes (for export; not to keep training)."""
+        prefix = self.folded()
+        for name in ("embedding", "mlp_in", "mlp_out"):
+            delattr(self, name)
+        self.prefix = nn.Parameter(prefix)
+        self.reparameterize = False
+
+    @torch.no_grad()
+    def set_key_values(self, key_values: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set plain prefixes from per-layer ``(keys, values)`` of shape ``([1,] heads, N, dim)``, e.g. taken
+        from a real text with `capture_key_values` (Li & Liang's initialisation from real words)."""
+        if self.reparameterize:
+            raise UserInputError("set_key_values needs plain prefixes — use reparameterize=False or fold() first")
+        n = self.num_virtual_tokens
+        parts = [t.reshape(-1, n, t.shape[-1]).transpose(0, 1).reshape(n, -1) for pair in key_values for t in pair]
+        self.prefix.copy_(torch.cat(parts, dim=-1))
+
+
+class PrefixTuning(Strategy):
+    """Prefix tuning: trainable keys and values prepended in every attention layer.
+
+    Args:
+        num_virtual_tokens: number N of prefix positions per attention layer.
+        reparameterize: compute the prefixes with an MLP from N trainable embeddings (Li & Liang: more stable
+            training); `fold` turns them into plain tensors for export.
+        hidden: width of the reparameterisation MLP.
+    """
+
+    def __init__(self, num_virtual_tokens: int = 20, reparameterize: bool = True, hidden: int = 512) -> None:
+        if num_virtual_tokens < 1 or hidden < 1:
+            raise UserInputError(f"prefix tuning needs num_virtual_tokens >= 1 and hidden >= 1, got "
+                                 f"{num_virtual_tokens} and {hidden}")
+        self.num_virtual_tokens = num_virtual_tokens
+        self.reparameterize = reparameterize
+        self.hidden = hidden
+
+    def apply(self, model: nn.Module) -> None:
+        if any(isinstance(m, PrefixEncoder) for m in model.children()):
+            raise UserInputError("the model already has prefix-tuning prefixes — apply PrefixTuning once")
+        routes = [(module, *_inner_attention(module)) for module in _attention_modules(model)]  # refuse first
+        slots = [_install(index, *route) for index, route in enumerate(routes)]
+        shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in _trace(model, slots)]
+        device = next(model.parameters()).device
+        encoder = PrefixEncoder(self.num_virtual_tokens, shapes, self.reparameterize, self.hidden,
+                                model.config.hidden_size).to(device)
+        model.prefix_tuning = encoder
+        for slot in slots:
+            slot.encoder = encoder
+        params = inspect.signature(model.forward).parameters.values()
+        encoder.arg_names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        encoder.max_length = max_input_length(model.config)
+        if is_decoder_only(model.config) and "position_ids" in encoder.arg_names:
+            model.register_forward_pre_hook(encoder.place_after_prefix, with_kwargs=True)
+
+    def fold(self, model: nn.Module) -> None:
+        """Fold the reparameterisation MLP into plain prefixes in place; `hparams` then say reparameterize=False,
+        so `save_adapter` writes the small folded form and `load_adapter` reproduces the logits exactly."""
+        encoder = prefix_encoder(model)
+        if encoder.reparameterize:
+            encoder.fold()
+        self.reparameterize = False
+
+    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The folded (hparams, adapter weights) of ``model`` without changing it: what an export writes."""
+        hparams = self.hparams()
+        hparams["init_args"]["reparameterize"] = False
+        return hparams, {"prefix_tuning.prefix": prefix_encoder(model).folded()}
+
+
+def prefix_encoder(model: nn.Module) -> PrefixEncoder:
+    encoder = getattr(model, "prefix_tuning", None)
+    if not isinstance(encoder, PrefixEncoder):
+        raise UserInputError("the model has no prefix-tuning prefixes — apply PrefixTuning first")
+    return encoder
+
+
+def _attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules whose forward dispatches through transformers' attention interface, found by their code."""
+    found = [module for module in model.modules() if hasattr(module, "config") and "ALL_ATTENTION_FUNCTIONS"
+             in inspect.unwrap(type(module).forward).__code__.co_names]
+    if not found:
+        kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+        raise UserInputError(f"prefix tuning cannot inject keys/values into model_type '{kind}': none of its "
+                             "attention layers dispatches through transformers' AttentionInterface — use LoRA, IA3, "
+                             "a bottleneck adapter or prompt tuning for this family")
+    return found
+
+
+def _inner_attention(module: nn.Module) -> tuple[Callable, str]:
+    """The attention function ``module`` calls now (as its own code looks it up), and the implementation's name."""
+    implementation = module.config._attn_implementation or "eager"
+    scope = inspect.unwrap(type(module).forward).__globals__
+    if implementation not in ("eager", "sdpa") or (implementation == "eager" and
+                                                   "eager_attention_forward" not in scope):
+        raise UserInputError(f"prefix tuning supports the eager and sdpa attention implementations, not "
+                             f"'{implementation}' of {type(module).__name__} — load the backbone with "
+                             "attn_implementation='sdpa'")
+    inner = scope["ALL_ATTENTION_FUNCTIONS"].get_interface(implementation, scope.get("eager_attention_forward"))
+    return inner, implementation
+
+
+def _install(index: int, module: nn.Module, inner: Callable, implementation: str) -> _Slot:
+    """Route ``module``'s attention through `prefix_attention`, which then calls ``inner``."""
+    slot = _Slot(index, inner, implementation)
+    setattr(module, _SLOT, slot)
+    config = copy.copy(module.config)  # private copy: the model-level config (and so its masks) stays as it was
+    config._attn_implementation_internal = ATTENTION_NAME
+    module.config = config
+    return slot
+
+
+def _trace(model: nn.Module, slots: list[_Slot]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One forward on 4 dummy tokens; every attention layer must report its key/value tensors."""
+    device = next(model.parameters()).device
+    ids = torch.arange(1, 5, device=device)[None] % (getattr(model.config, "vocab_size", None) or 5)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "decoder_input_ids" in inspect.signature(model.forward).parameters:
+        inputs["decoder_input_ids"] = ids
+    return _run_without_prefix(model, slots, inputs)
+
+
+def _run_without_prefix(model: nn.Module, slots: list[_Slot], inputs: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    encoder = slots[0].encoder
+    try:
+        if encoder is not None:
+            encoder.active = False
+        with torch.no_grad():
+            model(**inputs)
+        silent = [slot.index for slot in slots if slot.seen is None]
+        if silent:
+            raise UserInputError(f"prefix tuning: attention layers {silent} of {type(model).__name__} did not run on "
+                                 "the probe input — this architecture is not supported")
+        return [slot.seen for slot in slots]
+    finally:
+        for slot in slots:
+            slot.seen = None
+        if encoder is not None:
+            encoder.active = True
+
+
+def capture_key_values(model: nn.Module, **inputs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values each prefixed attention layer of ``model`` computes for ``inputs``, prefixes switched off,
+    in prefix order: e.g. ``encoder.set_key_values(capture_key_values(model, input_ids=real_text_ids))``."""
+    prefix_encoder(model)
+    slots = [getattr(m, _SLOT) for m in model.modules() if isinstance(getattr(m, _SLOT, None), _Slot)]
+    return _run_without_prefix(model, sorted(slots, key=lambda slot: slot.index), inputs)
