@@ -29,12 +29,25 @@ CHECKPOINT_KEY = "lightning_adapters"
 def rng_state() -> dict[str, Any]:
     """The RNG streams dropout and shuffling draw from, as tensors and plain Python values (weights_only-safe)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+    # On a GPU, dropout draws from the current device's generator, not the CPU one.
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
             "python": random.getstate()}
+
+
+def all_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order: under DDP the ranks' streams differ (batches of other shapes)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [rng_state()]
+    states: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, rng_state())  # every rank builds the checkpoint: no rank waits alone
+    return states
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
@@ -117,7 +130,7 @@ class AdapterModule(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "base_model": self.base_fingerprint, "label_names": self.label_names,
             # Exact resume: the RNG streams that dropout and data shuffling draw from.
-            "rng": rng_state(),
+            "rng": all_rng_states(),  # one per rank
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -127,8 +140,9 @@ class AdapterModule(L.LightningModule):
                                  "checkpoint from a lightning-adapters run")
         hf.check_fingerprint(meta["base_model"], self.backbone, "checkpoint")
         self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
-        if meta.get("rng") is not None:
-            set_rng_state(meta["rng"])
+        states = meta.get("rng")
+        if states is not None:
+            set_rng_state(states[self.global_rank] if self.global_rank < len(states) else states[0])
 
     def save_adapter(self, folder: str) -> None:
         """Export the adapter folder (safetensors weights + JSON config); see `lightning_adapters.load_adapter`."""
@@ -147,7 +161,8 @@ class AdapterModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.head.loss(self(batch), batch)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        # sync_dist: under DDP the logged loss is the global batch's, not rank 0's share (one scalar all-reduce)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics, stage: str) -> None:

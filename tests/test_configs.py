@@ -54,3 +54,12 @@ def test_experiment_config_builds_model_and_data(config, monkeypatch):
                       args=["--config", str(config), *data_args(config)], auto_configure_optimizers=False)
     assert cli.model.label_names == cli.datamodule.label_names and len(cli.model.label_names) >= 3
     assert cli.datamodule.tokenizer_name == cli.model.backbone_name
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_checkpoints_have_a_fixed_folder_so_ckpt_path_last_finds_them(config):
+    """Without a dirpath, checkpoints go under the logger's new version_N and `fit --ckpt_path last` starts over."""
+    callbacks = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert any(c.get("save_last") for c in checkpoints)
+    assert all(c.get("dirpath") for c in checkpoints)

@@ -80,10 +80,9 @@ def test_quickstart_beats_the_majority_class_and_checkpoints_are_small(tmp_path,
     """The README's main job: finance sentiment sample, Pfeiffer bottleneck on MiniLM."""
     from lightning_adapters.cli import run_cli
 
-    monkeypatch.chdir(REPO)
-    cli = run_cli(["fit", "--config", "configs/finance_sentiment/bottleneck.yaml", "--export_dir",
-                str(tmp_path / "adapter"), "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-                "--trainer.enable_progress_bar", "false"])
+    monkeypatch.chdir(tmp_path)  # the config's relative run folders land here
+    cli = run_cli(["fit", "--config", str(REPO / "configs/finance_sentiment/bottleneck.yaml"),
+                   "--trainer.enable_progress_bar", "false"])
     accuracy = cli.trainer.callback_metrics["test_accuracy"].item()
     labels = [row["label"] for row in csv.DictReader(open(REPO / "tasks/finance_sentiment/sample/test.csv"))]
     majority = max(labels.count(label) for label in set(labels)) / len(labels)
@@ -91,6 +90,7 @@ def test_quickstart_beats_the_majority_class_and_checkpoints_are_small(tmp_path,
     base_bytes = os.path.getsize(Path(resolve("minilm").path) / "model.safetensors")
     checkpoints = list((tmp_path / "runs").rglob("*.ckpt"))
     assert checkpoints and all(os.path.getsize(c) <= 0.05 * base_bytes for c in checkpoints)
-    assert os.path.getsize(tmp_path / "adapter" / "adapter_model.safetensors") <= 0.05 * base_bytes
-    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    adapter = tmp_path / "runs" / "finance_sentiment" / "adapter"
+    assert os.path.getsize(adapter / "adapter_model.safetensors") <= 0.05 * base_bytes
+    config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["label_names"] == ["negative", "neutral", "positive"]
