@@ -1,0 +1,72 @@
+"""Shared output helpers for the benchmark scripts: results.json records, a markdown table, the setup string.
+
+Every benchmark writes three files into its output folder:
+
+- ``results.json``: a list of records ``{"benchmark", "task", "method", "metric", "value", "unit", "setup"}``,
+  one per figure, so that other tools (CI, a docs page) can read the numbers without parsing markdown;
+- ``results.md``: the human-readable table(s) and the acceptance checks;
+- a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RECORD_FIELDS = ("benchmark", "task", "method", "metric", "value", "unit", "setup")
+
+
+def default_out(benchmark: str) -> Path:
+    return Path(__file__).resolve().parent / "results" / benchmark
+
+
+def record(benchmark: str, task: str, method: str, metric: str, value: float | int, unit: str,
+           setup: str) -> dict[str, Any]:
+    return {"benchmark": benchmark, "task": task, "method": method, "metric": metric, "value": value, "unit": unit,
+            "setup": setup}
+
+
+def hardware() -> str:
+    """One line naming the device the numbers were taken on."""
+    if torch.cuda.is_available():
+        return f"CUDA {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} logical cores), torch threads {torch.get_num_threads()}"
+
+
+def versions() -> str:
+    import lightning
+    import transformers
+
+    return f"torch {torch.__version__}, lightning {lightning.__version__}, transformers {transformers.__version__}"
+
+
+def write_json(out: Path, records: list[dict[str, Any]]) -> Path:
+    for rec in records:
+        missing = [f for f in RECORD_FIELDS if f not in rec]
+        assert not missing, f"record {rec} lacks {missing}"
+    path = out / "results.json"
+    path.write_text(json.dumps(records, indent=2) + "\n")
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def check_line(name: str, passed: bool, detail: str) -> str:
+    return f"- **{'PASS' if passed else 'FAIL'}** — {name}: {detail}"
