@@ -298,7 +298,7 @@ def plot(results: list[Result], path: Path) -> None:
                 continue
             acc = 100 * by[m].test_accuracy
             ax.bar(i, acc, color=colors.get(m, "#ff7f0e"))
-            ax.text(i, acc, f"{acc:.1f}\n({100 * by[m].trainable / by[m].total:.2g} % params)", ha="center",
+            ax.text(i, acc, f"{acc:.1f}\n({100 * by[m].trainable / by[m].total:.3g} % params)", ha="center",
                     va="bottom", fontsize=8)
         low = min(100 * r.test_accuracy for r in by.values())
         ax.set_ylim(max(0, low - 10), 100)
