@@ -21,6 +21,16 @@ import torch
 RECORD_FIELDS = ("benchmark", "task", "method", "metric", "value", "unit", "setup")
 
 
+def setup_runtime(threads: int) -> None:
+    """Offline, fixed thread count, no progress bars: the same runtime for every benchmark."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def default_out(benchmark: str) -> Path:
     return Path(__file__).resolve().parent / "results" / benchmark
 

@@ -345,12 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    torch.set_num_threads(args.threads)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    _report.setup_runtime(args.threads)
     if not args.data_root.is_dir():
         sys.exit(f"data root not found: {args.data_root} — pass --data-root or set LIGHTNING_ADAPTERS_DATA")
     out = args.out or _report.default_out(BENCHMARK)
