@@ -27,6 +27,22 @@ SPLITS = ("train", "validation", "test", "predict")
 _HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
 
+def check_limits(**limits: tuple[float, float, float]) -> None:
+    """``name=(value, low, high)``: raise a one-line error unless ``low <= value < high``."""
+    for name, (value, low, high) in limits.items():
+        if not low <= value < high:
+            raise UserInputError(f"{name}={value} is out of range — use a value >= {low}"
+                                 + (f" and < {high}" if high < math.inf else ""))
+
+
+def existing_file(option: str, name: str) -> Path:
+    """The path of option ``option``, which must name an existing file."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserInputError(f"{option} not found: '{name}' — pass an existing file")
+    return path
+
+
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A fresh permutation each epoch, drawn from ``seed + epoch`` only.
 
@@ -105,13 +121,9 @@ class TextClassificationDataModule(L.LightningDataModule):
                  num_workers: int = 0) -> None:
         super().__init__()
         eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        limits = {"validation_fraction": (validation_fraction, 0, 1), "test_fraction": (test_fraction, 0, 1),
-                  "max_length": (max_length, 1, math.inf), "batch_size": (batch_size, 1, math.inf),
-                  "eval_batch_size": (eval_batch_size, 1, math.inf), "num_workers": (num_workers, 0, math.inf)}
-        for name, (value, low, high) in limits.items():
-            if not low <= value < high:
-                raise UserInputError(f"{name}={value} is out of range — use a value >= {low}"
-                                     + (f" and < {high}" if high < math.inf else ""))
+        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
+                     max_length=(max_length, 1, math.inf), batch_size=(batch_size, 1, math.inf),
+                     eval_batch_size=(eval_batch_size, 1, math.inf), num_workers=(num_workers, 0, math.inf))
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
         self.tokenizer_name, self.text_column, self.label_column = tokenizer, text_column, label_column
         self.validation_fraction, self.test_fraction, self.seed = validation_fraction, test_fraction, seed
@@ -141,10 +153,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         return reader(path, source)
 
     def _read_file(self, option: str, name: str) -> Table:
-        path, source = Path(name).expanduser(), f"{option} '{name}'"
-        if not path.is_file():
-            raise UserInputError(f"{option} not found: '{name}' — pass an existing file")
-        return self.read_table(path, source)
+        return self.read_table(existing_file(option, name), f"{option} '{name}'")
 
     def _read_hub(self, name: str, config: str | None) -> tuple[dict[str, Table], list[str] | None]:
         import datasets

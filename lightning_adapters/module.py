@@ -90,7 +90,8 @@ class AdapterModule(L.LightningModule):
         # from_pretrained returns eval mode; fine-tuning keeps the frozen base's dropout active, as HF's Trainer does.
         self.backbone = self.head.prepare_backbone(loaded).train()
         self.strategy.apply(self.backbone)
-        self.head.build(self.backbone.config, self.label_names)
+        tokenizer = hf.load_tokenizer(backbone, revision, trust_remote_code) if self.head.uses_tokenizer else None
+        self.head.build(self.backbone.config, self.label_names, tokenizer)
         self.base_fingerprint = hf.fingerprint(self.backbone)
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks the keys
         self.val_metrics = self.head.metrics().clone(prefix="val_")
@@ -166,20 +167,31 @@ class AdapterModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics, stage: str) -> None:
-        logits = self(batch)
+        outputs = self(batch)
         size = len(batch["input_ids"])
-        self.log(f"{stage}_loss", self.head.loss(logits, batch), prog_bar=True, batch_size=size, sync_dist=True)
-        self.head.update_metrics(metrics, logits, batch)
-        self.log_dict(metrics, prog_bar=True, batch_size=size)
+        self.log(f"{stage}_loss", self.head.loss(outputs, batch), prog_bar=True, batch_size=size, sync_dist=True)
+        self.head.update_metrics(metrics, outputs, batch, self.backbone)
+
+    def _log_metrics(self, metrics) -> None:
+        """Once per epoch: corpus-level metrics (entity F1, ROUGE, SQuAD) need every batch; compute syncs ranks."""
+        values = {name: value for name, value in metrics.compute().items() if value.numel() == 1}
+        self.log_dict(values, prog_bar=True)  # already global after compute(): no second reduction
+        metrics.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self.head.predict(self(batch), batch)
+        return self.head.predict(self.backbone, batch)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,9 +1,14 @@
 """The task-head protocol: what is predicted, from which model class, and how it is scored.
 
 A head chooses the Hugging Face class its backbone is loaded with (``auto_class``), may narrow the loaded model to
-the part it uses (``prepare_backbone``), creates its new layers once the backbone and label names are known
-(``build``), and turns a batch into logits, a loss, metric updates and JSON-ready predictions. Its new weights are
-trainable and are saved with the adapter.
+the part it uses (``prepare_backbone``), creates its new layers once the backbone, label names and (when it asks for
+one with ``uses_tokenizer``) the tokenizer are known (``build``), and turns a batch into outputs, a loss, metric
+updates and JSON-ready predictions. Its new weights are trainable and are saved with the adapter.
+
+The module calls, per batch: ``forward`` + ``loss`` in training; ``forward`` + ``loss`` + ``update_metrics`` in
+validation/test; ``predict`` in prediction. ``update_metrics`` and ``predict`` get the backbone, so generative heads
+can run ``generate``. Metrics are torchmetrics objects (synced across ranks), computed once per epoch by the module:
+their ``compute`` may return a scalar or a flat dict of scalars (e.g. per-entity-type F1).
 """
 
 from __future__ import annotations
@@ -22,28 +27,32 @@ class TaskHead(nn.Module):
     """Base class for task heads. Subclasses store every ``__init__`` argument under the same name."""
 
     auto_class: ClassVar[type] = AutoModel
+    uses_tokenizer: ClassVar[bool] = False  # True: build() receives the backbone's tokenizer (e.g. to decode text)
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
         """The part of the loaded model this head runs (all of it by default)."""
         return model
 
-    def build(self, config: PretrainedConfig, label_names: list[str] | None) -> None:
-        """Create the head's trainable layers."""
+    def build(self, config: PretrainedConfig, label_names: list[str] | None, tokenizer: Any = None) -> None:
+        """Create the head's trainable layers (``tokenizer`` is given when ``uses_tokenizer`` is True)."""
         raise NotImplementedError
 
-    def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> Any:
+        """The outputs ``loss`` and ``update_metrics`` read (logits, or a tuple of them)."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
     def metrics(self) -> MetricCollection:
         raise NotImplementedError
 
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any]) -> None:
+    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any],
+                       backbone: nn.Module) -> None:
         raise NotImplementedError
 
-    def predict(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """One JSON-ready dict per example of ``batch``."""
         raise NotImplementedError
 
     def hparams(self) -> dict:

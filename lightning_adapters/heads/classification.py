@@ -54,7 +54,7 @@ class ClassificationHead(TaskHead):
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
         return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
 
-    def build(self, config: PretrainedConfig, label_names: list[str] | None) -> None:
+    def build(self, config: PretrainedConfig, label_names: list[str] | None, tokenizer: Any = None) -> None:
         if not label_names or len(label_names) < 2:
             raise UserInputError(f"classification needs at least 2 label names, got {label_names!r} — set "
                                  "model.label_names or let the DataModule provide them")
@@ -77,11 +77,12 @@ class ClassificationHead(TaskHead):
         return MetricCollection({"accuracy": MulticlassAccuracy(n, average="micro"),
                                  "macro_f1": MulticlassF1Score(n, average="macro")})
 
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any]) -> None:
+    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
+                       backbone: nn.Module) -> None:
         metrics.update(logits, batch["labels"])
 
-    def predict(self, logits: torch.Tensor, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        probabilities = logits.float().softmax(-1).tolist()
+    def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        probabilities = self(backbone, batch).float().softmax(-1).tolist()
         texts = batch.get("text") or [None] * len(probabilities)
         rows = []
         for text, probs in zip(texts, probabilities, strict=True):
