@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -19,14 +20,13 @@ QUICKSTART = REPO / "configs" / "finance_sentiment" / "bottleneck.yaml"
 
 
 def data_args(config: Path) -> list[str]:
-    """Real-data configs name ../shared/data; point them at $LIGHTNING_ADAPTERS_DATA instead."""
-    text = config.read_text()
-    for name in ("financial_phrasebank", "banking77"):
-        if f"shared/data/{name}" in text:
-            if not (DATA / name).is_dir():
-                pytest.skip(f"{DATA / name} not found (set LIGHTNING_ADAPTERS_DATA)")
-            return ["--data.init_args.data_dir", str(DATA / name)]
-    return []
+    """Real-data configs name ../shared/data/<folder> as data_dir; point them at $LIGHTNING_ADAPTERS_DATA instead."""
+    found = re.search(r"data_dir:\s*\S*shared/data/([\w.-]+)", config.read_text())
+    if found is None:
+        return []
+    if not (DATA / found.group(1)).is_dir():
+        pytest.skip(f"{DATA / found.group(1)} not found (set LIGHTNING_ADAPTERS_DATA)")
+    return ["--data.init_args.data_dir", str(DATA / found.group(1))]
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
@@ -52,7 +52,7 @@ def test_experiment_config_builds_model_and_data(config, monkeypatch):
     monkeypatch.chdir(REPO)
     cli = AdaptersCLI(AdapterModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                       args=["--config", str(config), *data_args(config)], auto_configure_optimizers=False)
-    assert cli.model.label_names == cli.datamodule.label_names and len(cli.model.label_names) >= 3
+    assert cli.model.label_names == cli.datamodule.label_names  # None for tasks without a label set (QA, generation)
     assert cli.datamodule.tokenizer_name == cli.model.backbone_name
 
 
