@@ -71,13 +71,16 @@ class AdapterModule(L.LightningModule):
         trust_remote_code: run model code shipped with a hub checkpoint (off unless you trust it).
         adapter: start from the weights of an exported adapter folder (same base, strategy, head and labels), e.g.
             to test or predict with it, or to keep training it.
+        gradient_checkpointing: recompute the frozen base's activations in backward (less memory, slower steps);
+            gradients are unchanged, for every strategy.
     """
 
     def __init__(self, backbone: str = "minilm", strategy: Strategy | None = None, head: TaskHead | None = None,
                  label_names: list[str] | None = None, dtype: str | None = None, learning_rate: float = 1e-3,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, optimizer: OptimizerCallable | None = None,
                  scheduler: LRSchedulerCallable | None = None, revision: str | None = None,
-                 trust_remote_code: bool = False, adapter: str | None = None) -> None:
+                 trust_remote_code: bool = False, adapter: str | None = None,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.strategy = strategy or Bottleneck()
@@ -90,6 +93,8 @@ class AdapterModule(L.LightningModule):
         # from_pretrained returns eval mode; fine-tuning keeps the frozen base's dropout active, as HF's Trainer does.
         self.backbone = self.head.prepare_backbone(loaded).train()
         self.strategy.apply(self.backbone)
+        if gradient_checkpointing:
+            hf.enable_gradient_checkpointing(self.backbone)
         tokenizer = hf.load_tokenizer(backbone, revision, trust_remote_code) if self.head.uses_tokenizer else None
         self.head.build(self.backbone.config, self.label_names, tokenizer)
         self.base_fingerprint = hf.fingerprint(self.backbone)
