@@ -106,6 +106,21 @@ class AdapterModule(L.LightningModule):
 
             apply_adapter(self, adapter)
 
+    # ---- precision policy -------------------------------------------------------------------------------------
+    def _apply(self, fn, *args, **kwargs):
+        """Keep fp32 master weights for adapters and head whatever casts the module.
+
+        ``Trainer(precision="bf16-true"|"16-true")`` (and ``module.half()``/``.to(dtype)``) cast every parameter; the
+        frozen base may be low precision (that is the memory saving), but optimizer updates of a few small weights
+        vanish in bf16/fp16 rounding. The strategy layers cast activations to their weights' dtype and back, so a
+        low-precision base and fp32 adapters mix without dtype errors. Runs before DDP/FSDP wrap and the optimizer.
+        """
+        module = super()._apply(fn, *args, **kwargs)
+        for param in self.parameters():
+            if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
+        return module
+
     # ---- what is trainable, and what a checkpoint holds -------------------------------------------------------
     def trainable_names(self) -> list[str]:
         """Adapter weights (found by structure) and head weights: everything saved and optimised."""
