@@ -1,0 +1,164 @@
+"""CoNLL-format token files and entity tagging schemes, checked line by line.
+
+A CoNLL file holds one token per line as whitespace-separated columns (``token [POS chunk ...] tag``), sentences
+separated by blank lines; ``-DOCSTART-`` lines (document separators in the original CoNLL-2003 files) are skipped.
+
+Tags are normalised to IOB2 (every entity starts with ``B-``), the scheme seqeval and conlleval score in:
+
+- ``IOB2``: ``B-X`` starts an entity, ``I-X`` continues one; an ``I-X`` not following ``B-X``/``I-X`` is an error;
+- ``IOB1`` (the original CoNLL-2003 files): ``I-X`` starts and continues entities, ``B-X`` only separates two adjacent
+  entities of type X (so a ``B-X`` after anything but ``X`` is an error);
+- ``IO``: no ``B-`` at all, consecutive ``I-X`` tokens form one entity (adjacent same-type entities merge);
+- ``auto``: any of these; an ``I-X`` that starts an entity becomes ``B-X`` — how conlleval reads ill-formed IOB2.
+
+IOB1 and IO normalise by the same rule (an entity-starting ``I-X`` becomes ``B-X``); they differ only in what is valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lightning_adapters.errors import UserInputError
+
+Scheme = Literal["auto", "IOB1", "IOB2", "IO"]
+SCHEMES = ("auto", "IOB1", "IOB2", "IO")
+DOCSTART = "-DOCSTART-"
+_HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+
+
+@dataclass
+class Sentence:
+    """One sentence: its words, its tags (None when unlabelled) and where it is (for error messages).
+
+    ``line`` is the file line of the first word (words are on consecutive lines), or the row of a Hub dataset.
+    """
+
+    words: list[str]
+    tags: list[str] | None
+    line: int
+    source: str
+    hub: bool = False
+
+    def where(self, i: int) -> str:
+        """Where word ``i`` is: a file line, or a Hub row and word number."""
+        return f"{self.source} row {self.line}, word {i + 1}" if self.hub else f"{self.source} line {self.line + i}"
+
+
+def split_tag(tag: str, where: str) -> tuple[str, str | None]:
+    """``"O"`` -> ("O", None); ``"B-PER"`` -> ("B", "PER"); anything else is refused (seqeval would misread it)."""
+    if tag == "O":
+        return "O", None
+    if len(tag) > 2 and tag[:2] in ("B-", "I-"):
+        return tag[0], tag[2:]
+    raise UserInputError(f"{where}: tag '{tag}' is not O, B-<type> or I-<type> — fix the tag (tags in other schemes, "
+                         "e.g. BIOES or bare types, are not read)")
+
+
+def to_iob2(tags: list[str], scheme: str, where: Callable[[int], str]) -> list[str]:
+    """The IOB2 form of one sentence's ``tags`` read in ``scheme``; ``where(i)`` names token i for errors."""
+    out, prev_type = [], None  # prev_type: the entity type the previous token belongs to (None: outside)
+    for i, tag in enumerate(tags):
+        prefix, kind = split_tag(tag, where(i))
+        if prefix == "O":
+            out.append("O")
+        elif prefix == "B":
+            if scheme == "IO":
+                raise UserInputError(f"{where(i)}: tag '{tag}' has a B- prefix, which the IO scheme has no place for "
+                                     "— set scheme: auto (or IOB1/IOB2)")
+            if scheme == "IOB1" and prev_type != kind:
+                raise UserInputError(f"{where(i)}: '{tag}' follows {tags[i - 1] if i else 'the sentence start'}; IOB1 "
+                                     f"uses B- only between two adjacent {kind} entities — set scheme: IOB2 or auto")
+            out.append(tag)
+        elif prev_type == kind:
+            out.append(tag)
+        else:
+            if scheme == "IOB2":
+                raise UserInputError(f"{where(i)}: '{tag}' starts an entity, which IOB2 does not allow (entities start "
+                                     "with B-) — set scheme: IOB1, IO or auto")
+            out.append(f"B-{kind}")
+        prev_type = kind
+    return out
+
+
+def label_set(sentences: list[list[str]]) -> list[str]:
+    """``O`` then ``B-T``, ``I-T`` for every entity type T in the (IOB2) tags, types sorted."""
+    kinds = sorted({tag[2:] for tags in sentences for tag in tags if tag != "O"})
+    return ["O"] + [f"{prefix}-{kind}" for kind in kinds for prefix in ("B", "I")]
+
+
+def read_conll(path: str | Path, source: str, tag_column: int | None = -1) -> list[Sentence]:
+    """Sentences of a CoNLL file. ``tag_column``: index of the tag column (negative: from the end); ``None`` reads
+    words only (prediction input, where a tag column is optional)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{source} is not UTF-8 text (byte {err.start}) — convert it to UTF-8") from err
+    sentences: list[Sentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for number, line in enumerate(text.splitlines() + [""], 1):
+        columns = line.split()
+        if not columns or columns[0] == DOCSTART:  # a blank or document line ends the sentence
+            if words:
+                sentences.append(Sentence(words, tags if tag_column is not None else None, number - len(words),
+                                          source))
+            words, tags = [], []
+            continue
+        if tag_column is not None:
+            tags.append(_tag(columns, tag_column, f"{source} line {number}"))
+        words.append(columns[0])
+    if not sentences:
+        raise UserInputError(f"{source} has no sentences — pass a CoNLL file (one 'token ... tag' line per word, "
+                             "a blank line between sentences)")
+    return sentences
+
+
+def _tag(columns: list[str], tag_column: int, where: str) -> str:
+    if len(columns) < 2:
+        raise UserInputError(f"{where}: '{columns[0]}' has no tag column — write 'token tag' (whitespace-separated) "
+                             "on each line")
+    if not -len(columns) <= tag_column < len(columns) or tag_column in (0, -len(columns)):
+        raise UserInputError(f"{where}: tag_column {tag_column} does not exist in a line of {len(columns)} columns "
+                             f"(column 0 is the token) — use a tag_column between 1 and {len(columns) - 1}, or -1")
+    return columns[tag_column]
+
+
+def read_hub(name: str, config: str | None, tokens_field: str, tags_field: str,
+             label_names: list[str] | None) -> dict[str, list[Sentence]]:
+    """Sentences of every split of a Hub dataset (``valid``/``dev`` become ``validation``); integer tags are mapped
+    through the dataset's ClassLabel names, else through ``label_names``."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, config)
+    except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
+                             "config, or pass local files") from err
+    splits = {}
+    for split_name, split in loaded.items():
+        if split_name not in _HUB_SPLITS:
+            continue
+        source = f"hub dataset '{name}' split '{split_name}'"
+        for field in (tokens_field, tags_field):
+            if field not in split.column_names:
+                raise UserInputError(f"{source} has no column '{field}' (columns: {', '.join(split.column_names)}) "
+                                     "— set tokens_field / tags_field")
+        feature = getattr(split.features[tags_field], "feature", None)
+        names = list(feature.names) if hasattr(feature, "names") else label_names
+        sentences = []
+        for row, (words, tags) in enumerate(zip(split[tokens_field], split[tags_field], strict=True), 1):
+            if len(tags) != len(words):
+                raise UserInputError(f"{source} row {row}: {len(words)} tokens but {len(tags)} tags — fix the row")
+            if tags and not isinstance(tags[0], str):
+                if names is None:
+                    raise UserInputError(f"{source} has integer tags without class names — pass label_names (the "
+                                         "tag of each id, in id order)")
+                tags = [names[int(t)] for t in tags]
+            if words:
+                sentences.append(Sentence([str(w) for w in words], [str(t) for t in tags], row, source, hub=True))
+        splits[_HUB_SPLITS[split_name]] = sentences
+    return splits

@@ -1,0 +1,241 @@
+"""Token classification (NER) data from CoNLL files or the Hub: read and check eagerly, align labels, pad per batch.
+
+Sub-word alignment. Each sentence is tokenized as its words joined by single spaces (the text that predictions
+report character spans in); every token is mapped to the word holding its first non-space character through the
+fast tokenizer's offsets, which works for WordPiece, byte-level BPE and SentencePiece alike. ``label_subwords``
+picks which tokens carry a word's label in the loss: ``first`` (the rest get -100, the default, as in BERT's NER
+setup), ``last`` (better for causal decoders, whose last sub-word has read the whole word) or ``all`` (continuation
+sub-words of ``B-X`` get ``I-X``). The word's prediction is read at its first sub-word (``last``: its last).
+Batches carry ``word_positions`` (that token index per word, -1 for a word cut off by ``max_length``) and
+``word_labels`` (the word-level gold tags, -100 padding), so metrics are computed on words, the unit seqeval and
+conlleval score: truncated words count as predicted ``O``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from lightning_adapters.backbone import load_tokenizer, resolve
+from lightning_adapters.conll import SCHEMES, Scheme, Sentence, label_set, read_conll, read_hub, split_tag, to_iob2
+from lightning_adapters.data import EpochShuffleSampler, check_limits, existing_file
+from lightning_adapters.errors import UserInputError
+
+SPLITS = ("train", "validation", "test", "predict")
+
+
+def align(words: list[str], offsets: list[tuple[int, int]]) -> tuple[list[int], list[list[int]]]:
+    """Per token the index of its word (-1: special or space-only token), and per word its token indices."""
+    owner = np.full(sum(len(w) for w in words) + len(words), -1)
+    start = 0
+    for index, word in enumerate(words):
+        owner[start:start + len(word)] = index
+        start += len(word) + 1
+    text = " ".join(words)
+    token_words, word_tokens = [], [[] for _ in words]
+    for position, (begin, end) in enumerate(offsets):
+        chars = [c for c in range(begin, end) if not text[c].isspace()]
+        word = int(owner[chars[0]]) if chars else -1
+        token_words.append(word)
+        if word >= 0:
+            word_tokens[word].append(position)
+    return token_words, word_tokens
+
+
+class TokenCollator:
+    """Pads input_ids/attention_mask (tokenizer's pad token and side), labels with -100 on the same side, and the
+    word-level tensors on the right; ``word_positions`` are shifted by any left padding."""
+
+    def __init__(self, tokenizer, with_words: bool = False) -> None:
+        self.tokenizer, self.with_words = tokenizer, with_words
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        inputs = [{"input_ids": it["input_ids"], "attention_mask": it["attention_mask"]} for it in items]
+        batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
+        width, left = batch["input_ids"].shape[1], self.tokenizer.padding_side == "left"
+        words = max(len(it["word_positions"]) for it in items)
+        positions = torch.full((len(items), words), -1, dtype=torch.long)
+        word_labels = torch.full((len(items), words), -100, dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        for row, item in enumerate(items):
+            shift = width - len(item["input_ids"]) if left else 0
+            pos = torch.tensor(item["word_positions"], dtype=torch.long)
+            positions[row, :len(pos)] = torch.where(pos >= 0, pos + shift, pos)
+            if "labels" in item:
+                labels[row, shift:shift + len(item["labels"])] = torch.tensor(item["labels"])
+                word_labels[row, :len(pos)] = torch.tensor(item["word_labels"])
+        batch.update(word_positions=positions, word_labels=word_labels, labels=labels)
+        if self.with_words:
+            batch["words"] = [item["words"] for item in items]
+        return batch
+
+
+class TokenClassificationDataModule(L.LightningDataModule):
+    """NER / token classification from CoNLL-format files or a Hub dataset.
+
+    Args:
+        tokenizer: backbone alias, folder or hub id whose (fast) tokenizer is used (the CLI links it from the model).
+        train_file: training file, CoNLL format (``token [other columns] tag`` per line, blank line between sentences).
+        validation_file: validation file; carved from the training sentences when missing.
+        test_file: test file.
+        predict_file: sentences to tag, CoNLL format (only the first column is read); the test split when missing.
+        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
+        hub_config: configuration name of ``hub_dataset``.
+        tokens_field: Hub dataset column holding the word lists.
+        tags_field: Hub dataset column holding the tags (names, ClassLabel ids, or ids into ``label_names``).
+        tag_column: column of the tag in CoNLL files (0 is the token; negative counts from the end).
+        scheme: tagging scheme of the input (``auto``, ``IOB1``, ``IOB2``, ``IO``); always normalised to IOB2.
+        label_names: IOB2 tag set in id order; default: ``O`` then ``B-T``, ``I-T`` per training entity type, sorted.
+        label_subwords: which sub-words of a word carry its label: ``first``, ``last`` or ``all``.
+        validation_fraction: share of the training sentences held out for validation when there is no validation file.
+        seed: seed of the validation split and of the training-batch order.
+        max_length: longest tokenized sentence; words past it are cut off (and count as predicted ``O``).
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        num_workers: data-loading worker processes.
+    """
+
+    def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
+                 test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
+                 hub_config: str | None = None, tokens_field: str = "tokens", tags_field: str = "ner_tags",
+                 tag_column: int = -1, scheme: Scheme = "auto", label_names: list[str] | None = None,
+                 label_subwords: Literal["first", "last", "all"] = "first", validation_fraction: float = 0.1,
+                 seed: int = 42, max_length: int = 256, batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        check_limits(validation_fraction=(validation_fraction, 0, 1), max_length=(max_length, 2, math.inf),
+                     batch_size=(batch_size, 1, math.inf), eval_batch_size=(eval_batch_size, 1, math.inf),
+                     num_workers=(num_workers, 0, math.inf))
+        if scheme not in SCHEMES:
+            raise UserInputError(f"unknown scheme '{scheme}' — use one of {', '.join(SCHEMES)}")
+        if label_subwords not in ("first", "last", "all"):
+            raise UserInputError(f"unknown label_subwords '{label_subwords}' — use first, last or all")
+        resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
+        self.tokenizer_name, self.scheme, self.label_subwords = tokenizer, scheme, label_subwords
+        self.tokens_field, self.tags_field, self.tag_column = tokens_field, tags_field, tag_column
+        self.validation_fraction, self.seed, self.max_length = validation_fraction, seed, max_length
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        given = self._check_label_names(label_names)
+        self.splits: dict[str, list[Sentence]] = (
+            read_hub(hub_dataset, hub_config, tokens_field, tags_field, given) if hub_dataset else {})
+        for split, name in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
+            if name is not None:
+                path = existing_file(f"{split}_file", name)
+                self.splits[split] = read_conll(path, f"{split}_file '{name}'",
+                                                None if split == "predict" else tag_column)
+        self.label_names: list[str] = self._label_names(given)
+        self._carve_validation()
+        self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
+        self._datasets: dict[str, list[dict[str, Any]]] = {}
+
+    # ---- reading and checking (all in __init__) ----------------------------------------------------------------
+    @staticmethod
+    def _check_label_names(names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        if not names or len(set(names)) != len(names):
+            raise UserInputError(f"label_names must be a non-empty list of distinct tags, got {names} — fix it")
+        for name in names:
+            split_tag(str(name), "label_names")
+        if "O" not in names:
+            raise UserInputError(f"label_names {names} lack 'O' — add the outside tag")
+        return [str(name) for name in names]
+
+    def _label_names(self, given: list[str] | None) -> list[str]:
+        """Normalise every labelled split to IOB2 and check its tags against the label set."""
+        labelled = [s for split, sentences in self.splits.items() if split != "predict" for s in sentences]
+        for sentence in labelled:
+            sentence.tags = to_iob2(sentence.tags, self.scheme, sentence.where)
+        if given is None:
+            if "train" not in self.splits:
+                raise UserInputError("no training data to take the label names from — pass train_file (or "
+                                     "hub_dataset), or label_names")
+            given = label_set([s.tags for s in self.splits["train"]])
+        known = set(given)
+        for sentence in labelled:
+            bad = next((i for i, tag in enumerate(sentence.tags) if tag not in known), None)
+            if bad is not None:
+                raise UserInputError(f"{sentence.where(bad)}: tag '{sentence.tags[bad]}' is not in label_names "
+                                     f"{given} — add it or fix the tag")
+        return given
+
+    def _carve_validation(self) -> None:
+        """A seeded random share of the training sentences becomes the validation split (when there is none)."""
+        if "validation" in self.splits or "train" not in self.splits or self.validation_fraction == 0:
+            return
+        train = self.splits["train"]
+        count = math.floor(len(train) * self.validation_fraction + 0.5)
+        held = set(np.random.default_rng(self.seed).permutation(len(train))[:count].tolist())
+        if not held or len(held) == len(train):
+            raise UserInputError(f"a {self.validation_fraction:.0%} validation split of {len(train)} training "
+                                 "sentences would leave an empty split — pass validation_file or change "
+                                 "validation_fraction")
+        self.splits["validation"] = [s for i, s in enumerate(train) if i in held]
+        self.splits["train"] = [s for i, s in enumerate(train) if i not in held]
+
+    # ---- tokenizing and batching -------------------------------------------------------------------------------
+    def encode(self, sentence: Sentence) -> dict[str, Any]:
+        """Token ids, token labels (-100 where no label goes), and per word its prediction position and gold id."""
+        encoded = self.tokenizer(" ".join(sentence.words), truncation=True, max_length=self.max_length,
+                                 return_offsets_mapping=True, return_token_type_ids=False)
+        _, word_tokens = align(sentence.words, encoded["offset_mapping"])
+        last = self.label_subwords == "last"
+        item = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                "words": sentence.words,
+                "word_positions": [(tokens[-1] if last else tokens[0]) if tokens else -1 for tokens in word_tokens]}
+        if sentence.tags is not None:
+            ids = {name: i for i, name in enumerate(self.label_names)}
+            labels = [-100] * len(item["input_ids"])
+            for tag, tokens in zip(sentence.tags, word_tokens, strict=True):
+                if self.label_subwords == "all":
+                    inside = ids.get("I-" + tag[2:], ids[tag]) if tag.startswith("B-") else ids[tag]
+                    for token in tokens[1:]:
+                        labels[token] = inside
+                if tokens:
+                    labels[tokens[-1] if last else tokens[0]] = ids[tag]
+            item["labels"], item["word_labels"] = labels, [ids[tag] for tag in sentence.tags]
+        return item
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+            if not getattr(self.tokenizer, "is_fast", False):
+                raise UserInputError(f"tokenizer of '{self.tokenizer_name}' is not a fast (Rust) tokenizer; token "
+                                     "classification needs its character offsets — use a backbone with tokenizer.json")
+        for split, sentences in self.splits.items():
+            if split not in self._datasets:
+                self._datasets[split] = [self.encode(sentence) for sentence in sentences]
+        cut = sum(p < 0 for items in self._datasets.values() for item in items for p in item["word_positions"])
+        sizes = ", ".join(f"{split} {len(sentences):,}" for split, sentences in self.splits.items())
+        rank_zero_info(f"data: {sizes} sentences; {len(self.label_names)} tags"
+                       + (f"; {cut} words past max_length={self.max_length} (scored as O)" if cut else ""))
+
+    def _loader(self, split: str, train: bool = False, with_words: bool = False) -> DataLoader:
+        if split not in self._datasets:
+            raise UserInputError(f"no {split} data — pass {split}_file"
+                                 + (" (or train_file with validation_fraction > 0)" if split == "validation" else ""))
+        dataset = self._datasets[split]
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          collate_fn=TokenCollator(self.tokenizer, with_words), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """The predict file, else the test split; batches also carry the ``words`` for the prediction writer."""
+        return self._loader("predict" if "predict" in self._datasets else "test", with_words=True)
