@@ -31,6 +31,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PretrainedConfig
 
+from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.base import TaskHead
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity
@@ -46,12 +47,11 @@ class AutoModelForGeneration:
     @classmethod
     def from_pretrained(cls, path: str, **kwargs: Any) -> nn.Module:
         config = AutoConfig.from_pretrained(path, **{k: v for k, v in kwargs.items() if k in _CONFIG_KWARGS})
-        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-        try:
-            return auto.from_pretrained(path, **kwargs)
-        except ValueError as err:  # e.g. an encoder-only model (BERT) has no LM class for generation
-            raise UserInputError(f"'{path}' ({config.model_type}) cannot generate text: {str(err).splitlines()[0]} — "
-                                 "use a decoder (GPT-2, Llama, ...) or encoder-decoder (T5, BART) model") from err
+        encoder_decoder = getattr(config, "is_encoder_decoder", False)
+        if not (encoder_decoder or is_decoder_only(config)):  # BERT & co. load as LM heads but cannot generate
+            raise UserInputError(f"'{path}' ({config.model_type}) cannot generate text: it is neither a decoder nor "
+                                 "an encoder-decoder — use a decoder (GPT-2, Llama, ...) or encoder-decoder (T5, BART)")
+        return (AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM).from_pretrained(path, **kwargs)
 
 
 def label_nll(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
