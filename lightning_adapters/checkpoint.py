@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lightning_adapters.atomic import atomic_write
 from lightning_adapters.backbone import check_fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
@@ -45,23 +45,9 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike) -> Path:
         "base_model": module.base_fingerprint,
     }
     weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": FORMAT}))
-    _atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": FORMAT}))
+    atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
     return folder
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should be an ordinary file
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_adapter_config(folder: str | os.PathLike) -> dict:

@@ -2,7 +2,8 @@
 
 The DataModule reaches the model only through links: the backbone name picks the tokenizer, and the label names the
 DataModule found become the model's (no model ever reads ``trainer.datamodule``). After ``fit`` the best checkpoint's
-adapter is exported as a safetensors folder and, with ``--test_after_fit true``, tested.
+adapter is exported as a safetensors folder and, with ``--test_after_fit true``, tested. Checkpoints are written
+atomically (`AtomicCheckpointIO`) unless the config names its own CheckpointIO plugin.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_adapters.atomic import AtomicCheckpointIO
 from lightning_adapters.checkpoint import save_adapter
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.module import AdapterModule
@@ -27,6 +29,14 @@ class AdaptersCLI(LightningCLI):
                             help="fit: where to write the best adapter folder (default: <log_dir>/adapter)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit: test the best checkpoint when training ends")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # No CheckpointIO configured (the public property would create the default one): install ours. A user's own
+        # plugin — also an explicit TorchCheckpointIO — is kept.
+        if trainer.strategy._checkpoint_io is None:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         trainer, config = self.trainer, self.config_init[self.subcommand]

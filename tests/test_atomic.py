@@ -1,0 +1,60 @@
+"""Atomic writes: a crash while writing leaves the previous file intact and no half file; the CLI uses them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from test_cli import workdir, write_config  # noqa: F401 — workdir is a fixture
+
+from lightning_adapters.atomic import AtomicCheckpointIO, atomic_write
+from lightning_adapters.cli import run_cli
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def half_write_then_crash(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(b"PK\x03\x04 half a checkpoint")
+    raise Crash("killed mid-write")
+
+
+def test_crash_mid_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "last.ckpt"
+    atomic_write(target, lambda tmp: torch.save({"step": 1}, tmp))
+    with pytest.raises(Crash):
+        atomic_write(target, half_write_then_crash)
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_checkpoint_io_round_trip_and_crash(tmp_path, monkeypatch):
+    io, target = AtomicCheckpointIO(), tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 4}, target)
+    assert io.load_checkpoint(target)["epoch"] == 4
+    monkeypatch.setattr(torch, "save", lambda obj, path: half_write_then_crash(path))
+    with pytest.raises(Crash):
+        io.save_checkpoint({"epoch": 5}, target)
+    assert io.load_checkpoint(target)["epoch"] == 4
+    assert sorted(os.listdir(target.parent)) == ["last.ckpt"]
+
+
+def test_written_file_has_ordinary_permissions(tmp_path):
+    atomic_write(tmp_path / "f", lambda tmp: open(tmp, "w").close())  # noqa: SIM115
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_cli_writes_checkpoints_atomically_unless_a_plugin_is_configured(workdir, model_dirs):  # noqa: F811
+    cli = run_cli(["fit", "--config", str(write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1}))])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert (workdir / "ckpt" / "last.ckpt").is_file() and not list((workdir / "ckpt").glob(".*"))
+    own = {"class_path": "lightning.pytorch.plugins.io.TorchCheckpointIO"}
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1, "trainer.plugins": [own]})
+    cli = run_cli(["fit", "--config", str(config), "--trainer.default_root_dir", str(workdir / "other")])
+    assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
