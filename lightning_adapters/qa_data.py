@@ -1,0 +1,345 @@
+"""Extractive question answering data: SQuAD-format JSON or a Hub dataset, article-disjoint splits, windowed features.
+
+Reading checks everything in ``__init__`` (before Lightning writes anything): JSON syntax (line and column), the
+SQuAD structure ``data[].paragraphs[].{context, qas[].{id, question, answers[].{text, answer_start}}}``, duplicate
+ids, empty splits, and that every answer is found in its context at ``answer_start``; each problem is one
+`UserInputError` naming the file, the JSON path and the fix. Missing validation/test splits are carved from the
+training data by whole articles (a ``data[]`` entry; a Hub dataset's title), seeded — so no context is shared
+between splits.
+
+Features (Devlin et al. 2019, https://arxiv.org/abs/1810.04805, Sec. 4.2): question first, context second, only the
+context truncated; a long context becomes several windows of ``max_length`` tokens that overlap by ``stride``
+tokens. The training target of a window is the token span of the first gold answer, or position 0 when the answer
+is not wholly inside the window. Each feature keeps its character offsets and a context mask, so answers are
+decoded from the context only. Validation/test/predict batches hold whole questions (all their windows), so the
+per-question answer is known within a batch and DDP's sampler never splits a question across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from lightning_adapters.backbone import load_tokenizer, resolve
+from lightning_adapters.data import SPLITS, EpochShuffleSampler, check_limits, existing_file
+from lightning_adapters.errors import UserInputError
+
+_HUB_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
+@dataclass
+class QAExample:
+    """One question: its context, gold answers (texts and character starts) and the article it comes from."""
+
+    id: str
+    question: str
+    context: str
+    answers: list[str]
+    answer_starts: list[int]
+    article: str
+
+
+def _get(node: Any, key: str, kind: type | tuple, where: str, source: str) -> Any:
+    if not isinstance(node, dict) or key not in node:
+        raise UserInputError(f"{source}: {where} has no '{key}' field — write SQuAD JSON: data[].paragraphs[]."
+                             "{context, qas[].{id, question, answers[].{text, answer_start}}}")
+    value, kinds = node[key], kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise UserInputError(f"{source}: {where}.{key} must be a {names}, got {type(value).__name__} — fix it")
+    return value
+
+
+def _check_answer(context: str, text: str, start: int, where: str, source: str) -> None:
+    if context[start:start + len(text)] == text and text.strip():
+        return
+    found = context.find(text) if text.strip() else -1
+    hint = f"it occurs at character {found}" if found >= 0 else "the text does not occur in the context"
+    raise UserInputError(f"{source}: {where}: answer span not found in its context: answer {text!r} at answer_start "
+                         f"{start} does not match the context there ({hint}) — fix answer_start or the answer text")
+
+
+def parse_squad(root: Any, source: str, labelled: bool = True) -> list[QAExample]:
+    """Examples of a parsed SQuAD JSON document, checked; ``labelled=False`` allows questions without answers."""
+    examples, seen = [], {}
+    for a, article in enumerate(_get(root, "data", list, "the top level", source)):
+        paragraphs = _get(article, "paragraphs", list, f"data[{a}]", source)
+        title = article.get("title", "")  # articles are data[] entries; the title is only a readable name
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = _get(paragraph, "context", str, where, source)
+            if not context.strip():
+                raise UserInputError(f"{source}: {where}.context is empty — give every paragraph its text")
+            for q, qa in enumerate(_get(paragraph, "qas", list, where, source)):
+                examples.append(_parse_question(qa, context, f"{where}.qas[{q}]", source, labelled, f"{a}:{title}"))
+                if examples[-1].id in seen:
+                    raise UserInputError(f"{source}: {where}.qas[{q}] repeats id '{examples[-1].id}' (first at "
+                                         f"{seen[examples[-1].id]}) — give every question a unique id")
+                seen[examples[-1].id] = f"{where}.qas[{q}]"
+    if not examples:
+        raise UserInputError(f"{source} holds no questions (empty split) — pass a file with at least one question")
+    return examples
+
+
+def _parse_question(qa: Any, context: str, where: str, source: str, labelled: bool, article: str) -> QAExample:
+    qid = str(_get(qa, "id", (str, int), where, source))
+    question = _get(qa, "question", str, where, source)
+    if not question.strip():
+        raise UserInputError(f"{source}: {where} (id '{qid}') has an empty question — write the question")
+    raw = _get(qa, "answers", list, where, source) if labelled or "answers" in qa else []
+    if labelled and not raw:
+        raise UserInputError(f"{source}: {where} (id '{qid}') has no answers — extractive QA needs at least one "
+                             "answer per question (unanswerable SQuAD v2 questions are not supported)")
+    texts, starts = [], []
+    for k, answer in enumerate(raw):
+        text = _get(answer, "text", str, f"{where}.answers[{k}]", source)
+        start = _get(answer, "answer_start", int, f"{where}.answers[{k}]", source)
+        _check_answer(context, text, start, f"{where}.answers[{k}] (id '{qid}')", source)
+        texts.append(text)
+        starts.append(start)
+    return QAExample(qid, question, context, texts, starts, article)
+
+
+def read_squad_json(path: Path, source: str, labelled: bool = True) -> list[QAExample]:
+    try:
+        root = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{source} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}) — fix "
+                             "the file") from err
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{source} is not UTF-8 text ({err.reason}) — save it as UTF-8 JSON") from err
+    return parse_squad(root, source, labelled)
+
+
+def hub_rows_to_squad(rows: dict[str, list]) -> dict:
+    """A Hub SQuAD split (columns id, title, context, question, answers{text, answer_start}) as SQuAD JSON."""
+    data: list[dict] = []
+    for qid, title, context, question, answers in zip(rows["id"], rows["title"], rows["context"], rows["question"],
+                                                      rows["answers"], strict=True):
+        if not data or data[-1]["title"] != title:
+            data.append({"title": title, "paragraphs": []})
+        paragraphs = data[-1]["paragraphs"]
+        if not paragraphs or paragraphs[-1]["context"] != context:
+            paragraphs.append({"context": context, "qas": []})
+        pairs = zip(answers["text"], answers["answer_start"], strict=True)
+        paragraphs[-1]["qas"].append({"id": qid, "question": question,
+                                      "answers": [{"text": t, "answer_start": s} for t, s in pairs]})
+    return {"data": data}
+
+
+def article_split(examples: list[QAExample], fraction: float, rng: np.random.Generator
+                  ) -> tuple[list[QAExample], list[QAExample]]:
+    """(kept, held out): round(articles * fraction) whole articles, drawn at random, are held out; order kept."""
+    articles = list(dict.fromkeys(e.article for e in examples))
+    count = math.floor(len(articles) * fraction + 0.5)
+    held = {articles[i] for i in rng.permutation(len(articles))[:count]}
+    return [e for e in examples if e.article not in held], [e for e in examples if e.article in held]
+
+
+def check_room(tokenizer, examples: list[QAExample], max_length: int, stride: int, source: str) -> None:
+    """Every question must leave more than ``stride`` context tokens per window (else windows cannot advance)."""
+    lengths = [len(ids) for ids in tokenizer([e.question.lstrip() for e in examples], add_special_tokens=False)
+               ["input_ids"]]
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    for example, length in zip(examples, lengths, strict=True):
+        if max_length - length - specials <= stride:
+            raise UserInputError(f"{source}: question '{example.id}' has {length} tokens, which leaves no more than "
+                                 f"stride={stride} of max_length={max_length} tokens for the context — raise "
+                                 "max_length or lower stride")
+
+
+def answer_tokens(offsets: list[tuple[int, int]], context_mask: list[bool], start_char: int, end_char: int
+                  ) -> tuple[int, int]:
+    """Token span of characters [start_char, end_char) in one window, or (0, 0) if not wholly inside it."""
+    tokens = [i for i, inside in enumerate(context_mask) if inside]
+    if not tokens or offsets[tokens[0]][0] > start_char or offsets[tokens[-1]][1] < end_char:
+        return 0, 0
+    start = next(i for i in reversed(tokens) if offsets[i][0] <= start_char)
+    end = next(i for i in tokens if offsets[i][1] >= end_char)
+    return start, end
+
+
+def encode_features(tokenizer, examples: list[QAExample], max_length: int, stride: int) -> list[list[dict]]:
+    """The windows (features) of each example: token ids, context mask, character offsets and the answer span."""
+    encoded = tokenizer([e.question.lstrip() for e in examples], [e.context for e in examples],
+                        truncation="only_second", max_length=max_length, stride=stride,
+                        return_overflowing_tokens=True, return_offsets_mapping=True)
+    features: list[list[dict]] = [[] for _ in examples]
+    for i, index in enumerate(encoded["overflow_to_sample_mapping"]):
+        example = examples[index]
+        context_mask = [s == 1 for s in encoded.sequence_ids(i)]
+        offsets = [tuple(o) for o in encoded["offset_mapping"][i]]
+        start, end = (0, 0)
+        if example.answers:
+            start, end = answer_tokens(offsets, context_mask, example.answer_starts[0],
+                                       example.answer_starts[0] + len(example.answers[0]))
+        feature = {key: encoded[key][i] for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
+        feature.update(context_mask=context_mask, offsets=offsets, start_positions=start, end_positions=end,
+                       example_index=index, example=example)
+        features[index].append(feature)
+    return features
+
+
+class QACollator:
+    """Right-pads a list of features (or of questions, each a list of its features) into one batch.
+
+    Right padding for every model: position i of the logits is token i of the feature, and causal decoders never
+    attend to the padding after the text. Raw strings (id, question, context, answers) and offsets ride along.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[Any]) -> dict[str, Any]:
+        features = [f for item in items for f in (item if isinstance(item, list) else [item])]
+        width = max(len(f["input_ids"]) for f in features)
+        batch: dict[str, Any] = {}
+        for key, pad in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("token_type_ids", 0),
+                         ("context_mask", False)):
+            if key in features[0]:
+                rows = [list(f[key]) + [pad] * (width - len(f[key])) for f in features]
+                batch[key] = torch.tensor(rows, dtype=torch.bool if key == "context_mask" else torch.long)
+        for key in ("start_positions", "end_positions", "example_index"):
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        batch["offsets"] = [f["offsets"] for f in features]
+        for key in ("id", "question", "context", "answers"):
+            batch[key] = [getattr(f["example"], key) for f in features]
+        return batch
+
+
+class QADataModule(L.LightningDataModule):
+    """Extractive question answering from SQuAD-format JSON files or a Hub dataset (e.g. ``rajpurkar/squad``).
+
+    QA has no label set: ``label_names`` is None. Training batches hold ``batch_size`` windows (features), shuffled;
+    validation/test/predict batches hold ``eval_batch_size`` whole questions (with all their windows).
+
+    Args:
+        tokenizer: backbone alias, folder or hub id whose (fast) tokenizer is used (the CLI links it from the model).
+        train_file: SQuAD JSON training file.
+        validation_file: SQuAD JSON validation file; carved from the training articles when missing.
+        test_file: SQuAD JSON test file; carved from the training articles when missing.
+        predict_file: SQuAD JSON questions to answer (answers optional); the test split when missing.
+        hub_dataset: Hugging Face dataset id in the SQuAD schema (needs network); local files override its splits.
+        hub_config: configuration name of ``hub_dataset``.
+        validation_fraction: share of the training articles (after the test split) held out for validation.
+        test_fraction: share of the training articles held out for test.
+        seed: seed of the article split and of the training-batch order.
+        max_length: tokens per window (question + context + special tokens).
+        stride: tokens shared by consecutive windows of a long context.
+        batch_size: training batch size, in windows.
+        eval_batch_size: validation/test/predict batch size, in questions (default: ``batch_size``).
+        num_workers: data-loading worker processes.
+    """
+
+    def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
+                 test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
+                 hub_config: str | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.1,
+                 seed: int = 42, max_length: int = 384, stride: int = 128, batch_size: int = 16,
+                 eval_batch_size: int | None = None, num_workers: int = 0) -> None:
+        super().__init__()
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
+                     max_length=(max_length, 8, math.inf), stride=(stride, 0, max_length // 2),
+                     batch_size=(batch_size, 1, math.inf), eval_batch_size=(eval_batch_size, 1, math.inf),
+                     num_workers=(num_workers, 0, math.inf))
+        resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
+        self.tokenizer_name, self.seed, self.max_length, self.stride = tokenizer, seed, max_length, stride
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.label_names = None  # no label set; the CLI links this to the model
+        self.splits = self._read_hub(hub_dataset, hub_config) if hub_dataset else {}
+        self.sources = {split: f"hub dataset '{hub_dataset}' split '{split}'" for split in self.splits}
+        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
+            if path is not None:
+                self.sources[split] = f"{split}_file '{path}'"
+                self.splits[split] = read_squad_json(existing_file(f"{split}_file", path), self.sources[split],
+                                                     labelled=split != "predict")
+        if not self.splits:
+            raise UserInputError("no question-answering data — pass train_file (or hub_dataset), test_file or "
+                                 "predict_file")
+        self._carve_missing_splits(validation_fraction, test_fraction)
+        self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
+        self._datasets: dict[str, list] = {}
+
+    def _read_hub(self, name: str, config: str | None) -> dict[str, list[QAExample]]:
+        import datasets
+
+        try:
+            loaded = datasets.load_dataset(name, config)
+        except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
+                                 "config, or pass local SQuAD JSON files") from err
+        splits = {}
+        for split_name, split in loaded.items():
+            if split_name not in _HUB_SPLITS:
+                continue
+            source = f"hub dataset '{name}' split '{split_name}'"
+            missing = [c for c in ("id", "title", "context", "question", "answers") if c not in split.column_names]
+            if missing:
+                raise UserInputError(f"{source} has no column(s) {', '.join(missing)} — use a dataset in the SQuAD "
+                                     "schema (id, title, context, question, answers{text, answer_start})")
+            splits[_HUB_SPLITS[split_name]] = parse_squad(hub_rows_to_squad(split.to_dict()), source)
+        return splits
+
+    def _carve_missing_splits(self, validation_fraction: float, test_fraction: float) -> None:
+        if "train" not in self.splits:
+            return
+        rng = np.random.default_rng(self.seed)
+        for split, fraction in (("test", test_fraction), ("validation", validation_fraction)):
+            if split in self.splits or fraction == 0:
+                continue
+            train = self.splits["train"]
+            kept, held = article_split(train, fraction, rng)
+            if not kept or not held:
+                articles = len({e.article for e in train})
+                raise UserInputError(f"a {fraction:.0%} {split} split of {articles} training article(s) would leave an"
+                                     f" empty split — pass {split}_file or change {split}_fraction")
+            self.splits["train"], self.splits[split] = kept, held
+            self.sources[split] = f"{split} articles carved from {self.sources['train']}"
+
+    # ---- tokenizing and batching -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+            if not self.tokenizer.is_fast:
+                raise UserInputError(f"the tokenizer of '{self.tokenizer_name}' is not a fast tokenizer — extractive "
+                                     "QA needs character offsets; use a backbone with a tokenizer.json")
+        for split, examples in self.splits.items():
+            if split in self._datasets:
+                continue
+            check_room(self.tokenizer, examples, self.max_length, self.stride, self.sources[split])
+            features = encode_features(self.tokenizer, examples, self.max_length, self.stride)
+            self._datasets[split] = [f for group in features for f in group] if split == "train" else features
+        sizes = ", ".join(f"{split} {len(examples):,} questions ({len({e.article for e in examples})} articles)"
+                          for split, examples in self.splits.items())
+        rank_zero_info(f"data: {sizes}; train windows {len(self._datasets.get('train', [])):,}")
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if split not in self._datasets:
+            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
+        dataset = self._datasets[split]
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          collate_fn=QACollator(self.tokenizer.pad_token_id), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict" if "predict" in self._datasets else "test")
