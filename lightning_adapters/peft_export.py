@@ -1,16 +1,23 @@
-"""Export LoRA and IA3 adapters to Hugging Face PEFT's folder format, and import PEFT LoRA folders.
+"""Hugging Face PEFT folders: export LoRA, IA3 and prompt-tuning adapters; import PEFT LoRA, IA3 and prompt tuning.
 
 `export_peft` writes what ``PeftModel.from_pretrained(base, folder)`` reads: ``adapter_config.json`` in PEFT's schema
-(``peft_type`` ``LORA``/``IA3``, ``task_type`` null) and ``adapter_model.safetensors`` with PEFT's key names, adapter
-name stripped: ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` / ``.ia3_l``.
+and ``adapter_model.safetensors`` with PEFT's key names (adapter name stripped). LoRA/IA3 (``task_type`` null):
+``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` / ``.ia3_l``. Prompt tuning: ``prompt_embeddings``
+(``N x d``), ``task_type`` ``FEATURE_EXTRACTION`` (our heads load the base with `AutoModel`), one transformer submodule
+(for T5 the prompt goes to the encoder only, as ours does).
 
-What PEFT reproduces: the adapted *backbone*, i.e. its hidden states, exactly (load the base with the class our head
-uses, ``module.head.auto_class``: `AutoModel` for classification). What it cannot: our task head. PEFT has no notion
-of our pooling (mean / last token) nor of our classifier, so the head is stored beside the adapter under the key prefix
-`HEAD_PREFIX` (``base_model.model.lightning_adapters_head.``, PEFT's ``modules_to_save`` convention) and listed in
-``modules_to_save``; PEFT finds no such module in the base model and leaves those weights alone. `import_peft_lora`
-reads them back. The name is deliberately unusual: PEFT matches ``modules_to_save`` by plain suffix, and a short name
-such as ``head`` would also match ``lm_head``.
+What PEFT reproduces: the adapted *backbone*'s hidden states (load the base with ``module.head.auto_class``). PEFT's
+prompt tuning returns them with the N virtual positions in front (we trim them) and passes no ``position_ids`` or
+``token_type_ids``: its text sits at positions ``N + (index in the padded row)``, so it equals ours for single-segment
+inputs without left padding (our decoders count positions along the mask). What PEFT cannot reproduce: our task head
+(pooling, classifier). It is stored beside the adapter under ``<base>.lightning_adapters_head.`` (`HEAD_MODULE`,
+PEFT's ``modules_to_save`` convention: ``base_model.model.`` for LoRA/IA3, ``base_model.`` for prompt learning) and
+listed in ``modules_to_save``; PEFT finds no such module and leaves those weights alone. The name is deliberately
+unusual: PEFT matches ``modules_to_save`` by plain suffix, and ``head`` would also match ``lm_head``.
+
+`import_peft` reads a folder back as (strategy, weights); `load_peft` builds the module and checks every weight. IA3
+layers are taken from the weights themselves (full module paths, feed-forward by PEFT's ``(1, in)`` shape), so
+PEFT's matching rules (suffixes, ``layers_to_transform``...) need no re-implementation.
 """
 
 from __future__ import annotations
@@ -18,54 +25,53 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.pytorch_utils import Conv1D
 
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.heads import TaskHead
 from lightning_adapters.module import AdapterModule
-from lightning_adapters.strategies import IA3, IA3Layer, Lora, LoraLayer
+from lightning_adapters.strategies import IA3, IA3Layer, Lora, PromptTuning, Strategy
 from lightning_adapters.strategies.base import adapter_layers
+from lightning_adapters.strategies.ia3 import FUSED_QKV
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # LoRA/IA3: PeftModel.base_model (the tuner) .model (the HF model)
+PROMPT_PREFIX = "base_model."  # prompt learning: PeftModel.base_model is the HF model itself
 HEAD_MODULE = "lightning_adapters_head"
 HEAD_PREFIX = f"{PEFT_PREFIX}{HEAD_MODULE}."
+PROMPT_KEY = "prompt_embeddings"
+# head.auto_class -> the PEFT task whose forward prepends the prompt to the (encoder) input as ours does
+TASK_TYPES = {AutoModel: "FEATURE_EXTRACTION", AutoModelForCausalLM: "CAUSAL_LM", AutoModelForSeq2SeqLM: "SEQ_2_SEQ_LM"}
 
 
 def export_peft(module: AdapterModule, folder: str | os.PathLike) -> Path:
-    """Write ``module``'s LoRA or IA3 adapter (and head) as a PEFT adapter folder.
+    """Write ``module``'s LoRA, IA3 or prompt-tuning adapter (and head) as a PEFT adapter folder.
 
     Args:
-        module: a module whose strategy is `Lora` or `IA3`; its layers must not be merged.
+        module: a module whose strategy is `Lora`, `IA3` (layers not merged) or `PromptTuning`.
         folder: the output folder, created if needed.
     """
-    backbone, strategy = module.backbone, module.strategy
-    if not isinstance(strategy, (Lora, IA3)):
-        raise UserInputError(f"export_peft supports Lora and IA3 only, not {type(strategy).__name__} — use "
+    strategy = module.strategy
+    if isinstance(strategy, PromptTuning):
+        config, weights, prefix = *_prompt_entries(module), PROMPT_PREFIX
+    elif isinstance(strategy, (Lora, IA3)):
+        config, weights, prefix = *_tuner_entries(module), PEFT_PREFIX
+    else:
+        raise UserInputError(f"export_peft supports Lora, IA3 and PromptTuning, not {type(strategy).__name__} — use "
                              "save_adapter() for the lightning-adapters format")
-    layers = dict(adapter_layers(backbone))
-    if any(getattr(layer, "merged", False) for layer in layers.values()):
-        raise UserInputError("the adapter is merged into the base weights — call unmerge_adapters() before export")
-    prefix = _path_prefix(backbone)
-    named = {prefix + name: layer for name, layer in layers.items()}
-    all_names = [prefix + name for name in _base_module_names(backbone, layers)]
-    config = {"peft_type": "LORA" if isinstance(strategy, Lora) else "IA3", "task_type": None,
-              "base_model_name_or_path": backbone.config.name_or_path or module.backbone_name, "revision": None,
-              "inference_mode": True, "modules_to_save": [HEAD_MODULE],
-              "fan_in_fan_out": any(isinstance(layer.base_layer, Conv1D) for layer in layers.values())}
-    # Full paths for an encoder taken out of an encoder-decoder: PEFT also sees the decoder, which we never saw.
-    targets = (lambda chosen: chosen) if prefix else (lambda chosen: _suffixes(chosen, all_names))
-    entries = _lora_entries(strategy, named, targets) if isinstance(strategy, Lora) else _ia3_entries(named, targets)
-    config.update(entries[0])
-    head = {HEAD_PREFIX + key.removeprefix("head."): value for key, value in module.state_dict().items()
+    config = {"peft_type": config.pop("peft_type"), "task_type": config.pop("task_type", None),
+              "base_model_name_or_path": module.backbone.config.name_or_path or module.backbone_name,
+              "revision": None, "inference_mode": True, "modules_to_save": [HEAD_MODULE], **config}
+    head = {f"{prefix}{HEAD_MODULE}.{key.removeprefix('head.')}": value for key, value in module.state_dict().items()
             if key.startswith("head.")}
-    tensors = {key: value.detach().float().contiguous().cpu() for key, value in {**entries[1], **head}.items()}
+    tensors = {key: value.detach().float().contiguous().cpu() for key, value in {**weights, **head}.items()}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -73,24 +79,50 @@ def export_peft(module: AdapterModule, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def _lora_entries(strategy: Lora, named: dict[str, LoraLayer],
-                  targets: Callable[[list[str]], list[str]]) -> tuple[dict, dict[str, torch.Tensor]]:
-    config = {"r": strategy.r, "lora_alpha": strategy.alpha, "lora_dropout": strategy.dropout, "bias": "none",
-              "use_rslora": strategy.use_rslora, "init_lora_weights": True, "target_modules": targets(list(named))}
-    weights = {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(layer, part).weight
-               for name, layer in named.items() for part in ("lora_A", "lora_B")}
-    return config, weights
+def _prompt_entries(module: AdapterModule) -> tuple[dict, dict[str, torch.Tensor]]:
+    """PEFT's PromptTuningConfig fields (sizes as PEFT reads them from the model config) and the prompt."""
+    strategy, config = module.strategy, module.backbone.config
+    task_type = TASK_TYPES.get(module.head.auto_class)
+    if task_type is None:
+        known = ", ".join(cls.__name__ for cls in TASK_TYPES)
+        raise UserInputError(f"export_peft writes prompt tuning for heads that load the base with {known}, not "
+                             f"{module.head.auto_class.__name__} — use save_adapter()")
+    prompt = module.backbone.prompt_tuning.prompt
+    fields = {"peft_type": "PROMPT_TUNING", "task_type": task_type, "num_virtual_tokens": prompt.shape[0],
+              "token_dim": prompt.shape[1], "num_transformer_submodules": 1,
+              "num_attention_heads": getattr(config, "num_attention_heads", None),
+              "num_layers": getattr(config, "num_hidden_layers", None),
+              # the weights are the trained prompt; PEFT re-initialises from the text only with is_trainable=True
+              "prompt_tuning_init": "TEXT" if strategy.init_text else "RANDOM",
+              "prompt_tuning_init_text": strategy.init_text, "tokenizer_name_or_path": strategy.tokenizer,
+              "tokenizer_kwargs": None}
+    return fields, {PROMPT_KEY: prompt}
 
 
-def _ia3_entries(named: dict[str, IA3Layer],
-                 targets: Callable[[list[str]], list[str]]) -> tuple[dict, dict[str, torch.Tensor]]:
+def _tuner_entries(module: AdapterModule) -> tuple[dict, dict[str, torch.Tensor]]:
+    """LoRA/IA3 config fields and weights under PEFT's module paths."""
+    backbone, strategy = module.backbone, module.strategy
+    layers = dict(adapter_layers(backbone))
+    if any(getattr(layer, "merged", False) for layer in layers.values()):
+        raise UserInputError("the adapter is merged into the base weights — call unmerge_adapters() before export")
+    prefix = _path_prefix(backbone)
+    named = {prefix + name: layer for name, layer in layers.items()}
+    all_names = [prefix + name for name in _base_module_names(backbone, layers)]
+    # Full paths for an encoder taken out of an encoder-decoder: PEFT also sees the decoder, which we never saw.
+    targets = (lambda chosen: chosen) if prefix else (lambda chosen: _suffixes(chosen, all_names))
+    config = {"fan_in_fan_out": any(isinstance(layer.base_layer, Conv1D) for layer in layers.values())}
+    if isinstance(strategy, Lora):
+        config.update(peft_type="LORA", r=strategy.r, lora_alpha=strategy.alpha, lora_dropout=strategy.dropout,
+                      bias="none", use_rslora=strategy.use_rslora, init_lora_weights=True,
+                      target_modules=targets(list(named)))
+        return config, {f"{PEFT_PREFIX}{name}.{part}.weight": getattr(layer, part).weight
+                        for name, layer in named.items() for part in ("lora_A", "lora_B")}
     # PEFT wants feedforward_modules within target_modules: the (stricter) feed-forward suffixes go in both.
     target_modules = targets(list(named))
     feedforward = targets([name for name, layer in named.items() if layer.feedforward])
-    config = {"target_modules": target_modules + [s for s in feedforward if s not in target_modules],
-              "feedforward_modules": feedforward, "init_ia3_weights": True}
-    weights = {f"{PEFT_PREFIX}{name}.ia3_l": _peft_ia3_vector(layer) for name, layer in named.items()}
-    return config, weights
+    config.update(peft_type="IA3", target_modules=target_modules + [s for s in feedforward if s not in target_modules],
+                  feedforward_modules=feedforward, init_ia3_weights=True)
+    return config, {f"{PEFT_PREFIX}{name}.ia3_l": _peft_ia3_vector(layer) for name, layer in named.items()}
 
 
 def _path_prefix(backbone: nn.Module) -> str:
@@ -131,18 +163,13 @@ def _peft_ia3_vector(layer: IA3Layer) -> torch.Tensor:
     return scale[None, :] if layer.feedforward else scale[:, None]
 
 
-def import_peft_lora(folder: str | os.PathLike) -> tuple[Lora, dict[str, torch.Tensor]]:
-    """Read a PEFT LoRA folder (``save_pretrained`` output, or ours) as a `Lora` strategy and its weights.
-
-    Build the module with the strategy, then load the weights (our names: ``backbone.…``, ``head.…``)::
-
-        strategy, state = import_peft_lora(folder)
-        module = AdapterModule(base, strategy=strategy, label_names=labels)
-        module.load_state_dict(state, strict=False)
+def import_peft(folder: str | os.PathLike) -> tuple[Strategy, dict[str, torch.Tensor]]:
+    """Read a PEFT LoRA, IA3 or prompt-tuning folder (``save_pretrained`` output, or ours) as our strategy and its
+    weights under our names (``backbone.…``, ``head.…``); `load_peft` builds the module and checks them.
 
     A head exists only in folders that `export_peft` wrote; PEFT's own ``modules_to_save`` weights (e.g. HF's
     ``classifier``) pool differently from our heads and are skipped with a warning. Module paths are taken as they
-    are, so the folder must come from the model our backbone is (not from a T5 whose encoder we use).
+    are, so the folder must come from the model class our backbone is (`AutoModel`; not a T5 whose encoder we use).
     """
     folder = Path(folder)
     try:
@@ -150,33 +177,87 @@ def import_peft_lora(folder: str | os.PathLike) -> tuple[Lora, dict[str, torch.T
         raw = load_file(folder / WEIGHTS_NAME)
     except (OSError, ValueError) as err:
         raise UserInputError(f"'{folder}' is not a readable PEFT adapter folder ({err})") from err
-    _check_representable(config, folder)
-    strategy = Lora(r=int(config["r"]), alpha=config["lora_alpha"], dropout=float(config.get("lora_dropout", 0)),
-                    target_modules=config["target_modules"], exclude_modules=config.get("exclude_modules"),
-                    use_rslora=bool(config.get("use_rslora", False)))
-    state, skipped = {}, []
-    for key, value in raw.items():
-        if key.startswith(HEAD_PREFIX):
-            state["head." + key.removeprefix(HEAD_PREFIX)] = value
-        elif ".lora_A." in key or ".lora_B." in key:
-            state["backbone." + key.removeprefix(PEFT_PREFIX)] = value
-        else:
-            skipped.append(key)
+    kind = config.get("peft_type")
+    if kind not in _READERS:
+        raise UserInputError(f"'{folder}' holds a {kind} adapter; import_peft reads {', '.join(_READERS)} only — "
+                             "load it with PEFT")
+    read, prefix = _READERS[kind]
+    strategy, adapter = read(config, raw, folder)
+    head_prefix = f"{prefix}{HEAD_MODULE}."
+    state = {ours: value for ours, value in adapter.values()}
+    state.update({"head." + key.removeprefix(head_prefix): value for key, value in raw.items()
+                  if key.startswith(head_prefix)})
+    skipped = [key for key in raw if key not in adapter and not key.startswith(head_prefix)]
     if skipped:
         warnings.warn(f"{len(skipped)} weights of '{folder}' have no place in our module and are skipped "
-                      f"(e.g. {skipped[:2]}); train a new head on top of the imported LoRA", stacklevel=2)
+                      f"(e.g. {skipped[:2]}); train a new head on top of the imported adapter", stacklevel=2)
     return strategy, state
 
 
-def _check_representable(config: dict, folder: Path) -> None:
-    """Refuse PEFT LoRA options our `Lora` does not implement, rather than load something different."""
-    if config.get("peft_type") != "LORA":
-        raise UserInputError(f"'{folder}' holds a {config.get('peft_type')} adapter; import_peft_lora reads LoRA only")
+def load_peft(folder: str | os.PathLike, backbone: str, label_names: list[str] | None = None,
+              head: TaskHead | None = None, dtype: str | None = None) -> AdapterModule:
+    """An `AdapterModule` on ``backbone`` with a PEFT folder's adapter (and our head, if it holds one), every weight
+    checked by name and shape, so a folder from another base model is refused. PEFT's own folders hold no head of
+    ours: the new head keeps its fresh initialisation — train it."""
+    strategy, state = import_peft(folder)
+    module = AdapterModule(backbone, strategy=strategy, head=head, label_names=label_names, dtype=dtype)
+    if not any(key.startswith("head.") for key in state):
+        state.update({f"head.{name}": param.detach() for name, param in module.head.named_parameters()})
+    module.check_trainable_state(state, f"PEFT folder '{folder}'")
+    module.load_state_dict(state, strict=False)
+    return module
+
+
+_Read = dict[str, tuple[str, torch.Tensor]]  # PEFT key -> (our key, tensor)
+
+
+def _read_lora(config: dict, raw: dict[str, torch.Tensor], folder: Path) -> tuple[Lora, _Read]:
     unsupported = {"use_dora": bool(config.get("use_dora")), "rank_pattern": bool(config.get("rank_pattern")),
                    "alpha_pattern": bool(config.get("alpha_pattern")), "bias": config.get("bias", "none") != "none",
                    "layers_to_transform": config.get("layers_to_transform") is not None,
                    "target_parameters": bool(config.get("target_parameters"))}
     used = [name for name, on in unsupported.items() if on]
-    if used:
+    if used:  # refuse rather than load something different
         raise UserInputError(f"'{folder}' uses PEFT LoRA options we do not implement ({', '.join(used)}) — "
                              "retrain without them or load it with PEFT")
+    strategy = Lora(r=int(config["r"]), alpha=config["lora_alpha"], dropout=float(config.get("lora_dropout", 0)),
+                    target_modules=config["target_modules"], exclude_modules=config.get("exclude_modules"),
+                    use_rslora=bool(config.get("use_rslora", False)))
+    return strategy, {key: ("backbone." + key.removeprefix(PEFT_PREFIX), value) for key, value in raw.items()
+                      if ".lora_A." in key or ".lora_B." in key}
+
+
+def _read_ia3(config: dict, raw: dict[str, torch.Tensor], folder: Path) -> tuple[IA3, _Read]:
+    """The wrapped modules are the stored vectors' paths; PEFT's ``(1, in)`` vectors scale inputs (feed-forward)."""
+    vectors = {key.removeprefix(PEFT_PREFIX).removesuffix(".ia3_l"): value for key, value in raw.items()
+               if key.startswith(PEFT_PREFIX) and key.endswith(".ia3_l")}
+    if not vectors:
+        raise UserInputError(f"'{folder}' holds no IA3 vectors (no '<module>.ia3_l' weights) — the adapter file is "
+                             "incomplete")
+    feedforward = [name for name, vector in vectors.items() if vector.dim() == 2 and vector.shape[0] == 1]
+    adapter = {}
+    for name, vector in vectors.items():
+        flat = vector.reshape(-1)
+        if name not in feedforward and name.rpartition(".")[2] in FUSED_QKV and flat.numel() % 3 == 0:
+            queries, flat = flat.split([flat.numel() // 3, 2 * flat.numel() // 3])
+            if not torch.equal(queries, torch.ones_like(queries)):
+                raise UserInputError(f"'{folder}' scales the queries of the fused projection '{name}'; our IA3 scales "
+                                     "its keys and values only, as the paper does — load the folder with PEFT")
+        adapter[f"{PEFT_PREFIX}{name}.ia3_l"] = (f"backbone.{name}.ia3_l", flat)
+    return IA3(target_modules=list(vectors), feedforward_modules=feedforward), adapter
+
+
+def _read_prompt(config: dict, raw: dict[str, torch.Tensor], folder: Path) -> tuple[PromptTuning, _Read]:
+    """PEFT's seq2seq prompt tuning stores 2N rows (``num_transformer_submodules`` 2) but feeds only the first N to
+    the encoder and none to the decoder, in forward and in generate: those N rows are the prompt."""
+    n, submodules = config.get("num_virtual_tokens"), config.get("num_transformer_submodules") or 1
+    prompt = raw.get(PROMPT_KEY)
+    if not isinstance(n, int) or prompt is None or prompt.dim() != 2 or prompt.shape[0] != n * submodules:
+        raise UserInputError(f"'{folder}' has no '{PROMPT_KEY}' of num_virtual_tokens x num_transformer_submodules = "
+                             f"{n} x {submodules} rows — the adapter folder is incomplete or corrupt")
+    # No init_text: the stored prompt replaces any initialisation (and no tokenizer has to be found).
+    return PromptTuning(num_virtual_tokens=n), {PROMPT_KEY: ("backbone.prompt_tuning.prompt", prompt[:n])}
+
+
+_READERS = {"LORA": (_read_lora, PEFT_PREFIX), "IA3": (_read_ia3, PEFT_PREFIX),
+            "PROMPT_TUNING": (_read_prompt, PROMPT_PREFIX)}
