@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from lightning_adapters.squad_metric import (
 )
 from lightning_adapters.tasks.squad import SAMPLE_DIR, SquadDataModule
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad_v1.1"
+DATA = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = DATA / "squad_v1.1"
 
 
 # ---- scoring: the official SQuAD v1.1 logic -----------------------------------------------------------------------
