@@ -1,23 +1,21 @@
-"""Hugging Face PEFT folders: export LoRA, IA3 and prompt-tuning adapters; import PEFT LoRA, IA3 and prompt tuning.
+"""Hugging Face PEFT folders: export our LoRA, IA3 and prompt tuning; import PEFT's LoRA, IA3 and prompt tuning.
 
 `export_peft` writes what ``PeftModel.from_pretrained(base, folder)`` reads: ``adapter_config.json`` in PEFT's schema
-and ``adapter_model.safetensors`` with PEFT's key names (adapter name stripped). LoRA/IA3 (``task_type`` null):
-``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` / ``.ia3_l``. Prompt tuning: ``prompt_embeddings``
-(``N x d``), ``task_type`` ``FEATURE_EXTRACTION`` (our heads load the base with `AutoModel`), one transformer submodule
-(for T5 the prompt goes to the encoder only, as ours does).
+and ``adapter_model.safetensors`` under PEFT's key names: ``base_model.model.<module path>.lora_A.weight`` /
+``.lora_B.weight`` / ``.ia3_l`` (``task_type`` null), or ``prompt_embeddings`` (``N x d``; ``task_type`` from the
+head's base class, `TASK_TYPES`; one transformer submodule: T5 gets the prompt on its encoder only, as ours does).
 
-What PEFT reproduces: the adapted *backbone*'s hidden states (load the base with ``module.head.auto_class``). PEFT's
-prompt tuning returns them with the N virtual positions in front (we trim them) and passes no ``position_ids`` or
-``token_type_ids``: its text sits at positions ``N + (index in the padded row)``, so it equals ours for single-segment
-inputs without left padding (our decoders count positions along the mask). What PEFT cannot reproduce: our task head
-(pooling, classifier). It is stored beside the adapter under ``<base>.lightning_adapters_head.`` (`HEAD_MODULE`,
-PEFT's ``modules_to_save`` convention: ``base_model.model.`` for LoRA/IA3, ``base_model.`` for prompt learning) and
-listed in ``modules_to_save``; PEFT finds no such module and leaves those weights alone. The name is deliberately
-unusual: PEFT matches ``modules_to_save`` by plain suffix, and ``head`` would also match ``lm_head``.
+PEFT reproduces the adapted *backbone* (load the base with ``module.head.auto_class``). Its prompt tuning returns the N
+virtual positions in front (we trim them) and passes no ``position_ids``/``token_type_ids``: its text sits at positions
+``N + index in the padded row``, which equals ours for single-segment inputs without left padding (our decoders count
+positions along the mask). Our task head PEFT cannot run; it travels beside the adapter under
+``<base>.lightning_adapters_head.`` (PEFT's ``modules_to_save`` layout: ``base_model.model.`` for LoRA/IA3,
+``base_model.`` for prompt learning), listed in ``modules_to_save``; PEFT finds no such module and leaves it alone.
+The name is deliberately unusual: PEFT matches ``modules_to_save`` by plain suffix (``head`` would match ``lm_head``).
 
-`import_peft` reads a folder back as (strategy, weights); `load_peft` builds the module and checks every weight. IA3
-layers are taken from the weights themselves (full module paths, feed-forward by PEFT's ``(1, in)`` shape), so
-PEFT's matching rules (suffixes, ``layers_to_transform``...) need no re-implementation.
+`import_peft` reads a folder as (strategy, weights), `load_peft` builds the module and checks every weight. IA3 layers
+come from the stored vectors themselves (full paths; feed-forward = PEFT's ``(1, in)`` shape), so PEFT's matching
+rules (suffixes, ``layers_to_transform``...) need no re-implementation.
 """
 
 from __future__ import annotations
@@ -33,10 +31,11 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.pytorch_utils import Conv1D
 
+from lightning_adapters.backbone import resolve
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
 from lightning_adapters.module import AdapterModule
-from lightning_adapters.strategies import IA3, IA3Layer, Lora, PromptTuning, Strategy
+from lightning_adapters.strategies import IA3, Lora, PromptTuning, Strategy
 from lightning_adapters.strategies.base import adapter_layers
 from lightning_adapters.strategies.ia3 import FUSED_QKV
 
@@ -92,10 +91,12 @@ def _prompt_entries(module: AdapterModule) -> tuple[dict, dict[str, torch.Tensor
               "token_dim": prompt.shape[1], "num_transformer_submodules": 1,
               "num_attention_heads": getattr(config, "num_attention_heads", None),
               "num_layers": getattr(config, "num_hidden_layers", None),
-              # the weights are the trained prompt; PEFT re-initialises from the text only with is_trainable=True
+              # read by get_peft_model(base, config) to start a new prompt (loading never re-initialises)
               "prompt_tuning_init": "TEXT" if strategy.init_text else "RANDOM",
-              "prompt_tuning_init_text": strategy.init_text, "tokenizer_name_or_path": strategy.tokenizer,
-              "tokenizer_kwargs": None}
+              "prompt_tuning_init_text": strategy.init_text}
+    if strategy.init_text:  # a path PEFT's AutoTokenizer finds: aliases resolved, a GGUF file named
+        source = resolve(strategy.tokenizer)
+        fields.update(tokenizer_name_or_path=source.path, tokenizer_kwargs=source.kwargs() or None)
     return fields, {PROMPT_KEY: prompt}
 
 
@@ -107,7 +108,8 @@ def _tuner_entries(module: AdapterModule) -> tuple[dict, dict[str, torch.Tensor]
         raise UserInputError("the adapter is merged into the base weights — call unmerge_adapters() before export")
     prefix = _path_prefix(backbone)
     named = {prefix + name: layer for name, layer in layers.items()}
-    all_names = [prefix + name for name in _base_module_names(backbone, layers)]
+    inside = tuple(f"{name}." for name in layers)  # PEFT sees the unadapted base: not the modules we added inside
+    all_names = [prefix + name for name, _ in backbone.named_modules() if name and not name.startswith(inside)]
     # Full paths for an encoder taken out of an encoder-decoder: PEFT also sees the decoder, which we never saw.
     targets = (lambda chosen: chosen) if prefix else (lambda chosen: _suffixes(chosen, all_names))
     config = {"fan_in_fan_out": any(isinstance(layer.base_layer, Conv1D) for layer in layers.values())}
@@ -122,19 +124,16 @@ def _tuner_entries(module: AdapterModule) -> tuple[dict, dict[str, torch.Tensor]
     feedforward = targets([name for name, layer in named.items() if layer.feedforward])
     config.update(peft_type="IA3", target_modules=target_modules + [s for s in feedforward if s not in target_modules],
                   feedforward_modules=feedforward, init_ia3_weights=True)
-    return config, {f"{PEFT_PREFIX}{name}.ia3_l": _peft_ia3_vector(layer) for name, layer in named.items()}
+    # PEFT's shapes: (out, 1) for output scaling, (1, in) for input scaling; a fused span padded with ones
+    vectors = {name: layer.full_scale().detach() for name, layer in named.items()}
+    return config, {f"{PEFT_PREFIX}{name}.ia3_l": vector[None, :] if named[name].feedforward else vector[:, None]
+                    for name, vector in vectors.items()}
 
 
 def _path_prefix(backbone: nn.Module) -> str:
     """Our classification backbone of an encoder-decoder is its encoder; PEFT loads the whole model around it."""
     return "encoder." if getattr(backbone.config, "is_encoder_decoder", False) and not hasattr(backbone, "encoder") \
         else ""
-
-
-def _base_module_names(backbone: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
-    """Module names as PEFT sees the unadapted base: without the modules our adapter layers added inside."""
-    inside = tuple(f"{name}." for name in layers)
-    return [name for name, _ in backbone.named_modules() if name and not name.startswith(inside)]
 
 
 def _suffixes(wrapped: list[str], all_names: list[str]) -> list[str]:
@@ -155,12 +154,6 @@ def _suffixes(wrapped: list[str], all_names: list[str]) -> list[str]:
         if suffix not in found:
             found.append(suffix)
     return found
-
-
-def _peft_ia3_vector(layer: IA3Layer) -> torch.Tensor:
-    """PEFT's shapes: (out, 1) for output scaling, (1, in) for input scaling; the fused span padded with ones."""
-    scale = layer.full_scale().detach()
-    return scale[None, :] if layer.feedforward else scale[:, None]
 
 
 def import_peft(folder: str | os.PathLike) -> tuple[Strategy, dict[str, torch.Tensor]]:

@@ -11,7 +11,15 @@ import warnings
 import pytest
 import torch
 from conftest import CONFIGS, build_tokenizer, sample_batch
-from peft import IA3Config, LoraConfig, PeftModel, PeftModelForFeatureExtraction, PromptTuningConfig, get_peft_model
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    PeftModelForFeatureExtraction,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
@@ -108,6 +116,8 @@ def test_exported_config_and_keys_follow_peft(model_dirs, tmp_path):
     assert set(weights) == {"prompt_embeddings", "base_model.lightning_adapters_head.classifier.weight",
                             "base_model.lightning_adapters_head.classifier.bias"}
     assert weights["prompt_embeddings"].shape == (N, 32)
+    parsed = PeftConfig.from_pretrained(tmp_path / "prompt")  # PEFT's own validation (TEXT needs a tokenizer)
+    assert isinstance(parsed, PromptTuningConfig) and parsed.tokenizer_name_or_path == model_dirs["t5"]
 
 
 # ---- prompt tuning: the same quantity on both sides -------------------------------------------------------------
