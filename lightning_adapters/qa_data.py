@@ -55,7 +55,7 @@ def _get(node: Any, key: str, kind: type | tuple, where: str, source: str) -> An
     value, kinds = node[key], kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or isinstance(value, bool):
         names = " or ".join(k.__name__ for k in kinds)
-        raise UserInputError(f"{source}: {where}.{key} must be a {names}, got {type(value).__name__} — fix it")
+        raise UserInputError(f"{source}: {where}.{key} must be of type {names}, got {type(value).__name__} — fix it")
     return value
 
 

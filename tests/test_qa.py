@@ -114,7 +114,7 @@ def squad(context="the bank cut the price", question="what did the bank cut", an
     (lambda d: d["data"][0]["paragraphs"][0].pop("context"), "data[0].paragraphs[0] has no 'context' field"),
     (lambda d: d.pop("data"), "the top level has no 'data' field"),
     (lambda d: d["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start="13"),
-     "answer_start must be a int, got str"),
+     "answer_start must be of type int, got str"),
     (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(answers=[]), "has no answers"),
     (lambda d: d["data"][0]["paragraphs"][0].update(context="  "), "context is empty"),
     (lambda d: d["data"][0]["paragraphs"][0]["qas"].append(copy.deepcopy(d["data"][0]["paragraphs"][0]["qas"][0])),
