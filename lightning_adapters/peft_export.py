@@ -7,8 +7,8 @@ head's base class, `TASK_TYPES`; one transformer submodule: T5 gets the prompt o
 
 PEFT reproduces the adapted *backbone* (load the base with ``module.head.auto_class``). Its prompt tuning returns the N
 virtual positions in front (we trim them) and passes no ``position_ids``/``token_type_ids``: its text sits at positions
-``N + index in the padded row``, which equals ours for single-segment inputs without left padding (our decoders count
-positions along the mask). Our task head PEFT cannot run; it travels beside the adapter under
+``N + index in the padded row``: ours for single-segment inputs, in decoders only without left padding (ours count
+positions along the mask there). Our task head PEFT cannot run; it travels beside the adapter under
 ``<base>.lightning_adapters_head.`` (PEFT's ``modules_to_save`` layout: ``base_model.model.`` for LoRA/IA3,
 ``base_model.`` for prompt learning), listed in ``modules_to_save``; PEFT finds no such module and leaves it alone.
 The name is deliberately unusual: PEFT matches ``modules_to_save`` by plain suffix (``head`` would match ``lm_head``).

@@ -151,20 +151,25 @@ def test_peft_reproduces_our_prompt_tuning_and_our_head_on_its_outputs(family, m
                           atol=1e-5, rtol=0)
 
 
-def test_with_left_padding_peft_counts_the_pads_as_positions(model_dirs, tmp_path):
-    """PEFT passes no position_ids, so a left-padded decoder row's text starts at N + pads; ours at N (along the mask).
-    Ours with explicit positions 0..s-1 (shifted by N behind the prompt) is PEFT's run exactly."""
-    module = trained(model_dirs["llama"], PromptTuning(N))
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_with_left_padding_peft_counts_the_pads_as_positions(family, model_dirs, tmp_path):
+    """PEFT passes no position_ids, so a left-padded row's text starts at N + pads. Encoders: ours too. Decoders: ours
+    at N (counted along the mask); ours with explicit positions 0..s-1 (moved behind the prompt) is PEFT's run."""
+    module = trained(model_dirs[family], PromptTuning(N))
     tok = build_tokenizer()
     tok.padding_side = "left"
     batch = sample_batch(tok)
     export_peft(module, tmp_path)
-    theirs = peft_prompt_hidden_states(PeftModel.from_pretrained(AutoModel.from_pretrained(model_dirs["llama"]),
+    theirs = peft_prompt_hidden_states(PeftModel.from_pretrained(AutoModel.from_pretrained(model_dirs[family]),
                                                                  tmp_path).eval(), batch)
+    ours = hidden_states(module.backbone, batch)
+    if family == "bert":
+        assert same_on_tokens(theirs, ours, batch["attention_mask"])
+        return
+    assert not same_on_tokens(theirs, ours, batch["attention_mask"])
     positions = torch.arange(batch["input_ids"].shape[1])[None].expand(3, -1)
     ours = module.backbone(**backbone_inputs(batch, module.backbone), position_ids=positions).last_hidden_state
     assert same_on_tokens(theirs, ours, batch["attention_mask"])
-    assert not same_on_tokens(theirs, hidden_states(module.backbone, batch), batch["attention_mask"])
 
 
 class _HeadOn(ClassificationHead):
