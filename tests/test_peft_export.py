@@ -101,8 +101,6 @@ def test_exported_config_and_keys_follow_peft(model_dirs, tmp_path):
     assert json.loads((tmp_path / "gpt2" / CONFIG_NAME).read_text())["fan_in_fan_out"] is True
     vector = load_file(tmp_path / "gpt2" / WEIGHTS_NAME)["base_model.model.h.0.attn.c_attn.ia3_l"]
     assert vector.shape == (96, 1) and torch.equal(vector[:32], torch.ones(32, 1))  # queries are not scaled
-
-
     export_peft(trained(model_dirs["t5"], PromptTuning(N, init_text="profit rose", tokenizer=model_dirs["t5"])),
                 tmp_path / "prompt")
     config = json.loads((tmp_path / "prompt" / CONFIG_NAME).read_text())
