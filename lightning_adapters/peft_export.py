@@ -161,8 +161,9 @@ def import_peft(folder: str | os.PathLike) -> tuple[Strategy, dict[str, torch.Te
     weights under our names (``backbone.…``, ``head.…``); `load_peft` builds the module and checks them.
 
     A head exists only in folders that `export_peft` wrote; PEFT's own ``modules_to_save`` weights (e.g. HF's
-    ``classifier``) pool differently from our heads and are skipped with a warning. Module paths are taken as they
-    are, so the folder must come from the model class our backbone is (`AutoModel`; not a T5 whose encoder we use).
+    ``classifier``) pool differently from our heads and are skipped with a warning. LoRA/IA3 module paths are taken
+    as they are: the folder must come from the class our backbone is (`AutoModel`, not ``...ForCausalLM``; not a whole
+    T5 for our T5 encoder). A prompt has no paths: PEFT's T5 prompts import into our T5 encoder backbone.
     """
     folder = Path(folder)
     try:
