@@ -1,0 +1,293 @@
+"""Source -> target text data (summarisation) from JSONL/CSV/TSV/parquet files or the Hub, in the generation batch
+contract of `lightning_adapters.heads.generation`.
+
+Decoder-only models read ``prompt + target + EOS`` with labels on ``target + EOS`` only; the prompt is
+``prompt_template`` filled with the source (optionally wrapped in the tokenizer's chat template), and evaluation
+batches also carry the LEFT-padded prompt alone, for ``generate()``. Encoder-decoders read the filled template and
+predict the target.
+
+Long sources: ``max_source_length`` bounds the *source* tokens (the template, the target and special tokens come on
+top). ``truncation`` decides what happens beyond it: ``head`` keeps the first tokens, ``tail`` the last, ``head_tail``
+the first half and the last half (joined by `` ... ``; Sun et al. 2019, https://arxiv.org/abs/1905.05583, found
+head+tail best for long documents), ``none`` refuses the input with an error naming the row. The cut is made on the
+tokenizer's character offsets, so the kept text is the original text, never a decode of token ids.
+Targets longer than ``max_target_length`` tokens are cut (the EOS stays).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
+from lightning_adapters.data import SPLITS, EpochShuffleSampler, check_limits, existing_file
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.heads.generation import GenerationCollator
+from lightning_adapters.readers import READERS, Table, is_missing
+
+Truncation = Literal["head", "tail", "head_tail", "none"]
+_GGUF_STRING = 8
+
+
+def decoder_only_backbone(name: str) -> bool:
+    """Whether backbone ``name`` is a decoder-only LM, read from its config.json or its GGUF header.
+
+    A GGUF file starts with its ``general.architecture`` string; reading just that is instant, while parsing the
+    whole file (as ``AutoConfig`` does) takes tens of seconds. Only ``t5`` GGUFs are encoder-decoders.
+    """
+    source = resolve(name)
+    if source.gguf_file:
+        with open(Path(source.path) / source.gguf_file, "rb") as file:
+            magic, _, _, _ = struct.unpack("<4sIQQ", file.read(24))
+            (key_length,) = struct.unpack("<Q", file.read(8))
+            key = file.read(key_length)
+            (kind,) = struct.unpack("<I", file.read(4))
+            if magic == b"GGUF" and key == b"general.architecture" and kind == _GGUF_STRING:
+                (length,) = struct.unpack("<Q", file.read(8))
+                return file.read(length).decode() not in ("t5", "t5encoder")
+    from transformers import AutoConfig
+
+    return is_decoder_only(AutoConfig.from_pretrained(source.path, **source.kwargs()))
+
+
+def check_template(template: str) -> None:
+    """``template`` must hold a ``{source}`` field and no other (literal braces are written ``{{ }}``)."""
+    if "{source}" not in template:
+        raise UserInputError(f"prompt_template {template!r} has no {{source}} field — add one")
+    try:
+        template.format(source="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise UserInputError(f"prompt_template {template!r} has a field other than {{source}} ({err}) — write "
+                             "literal braces as {{ and }}") from err
+
+
+def truncate_source(text: str, tokenizer, max_tokens: int, mode: str, where: str) -> str:
+    """``text`` cut to at most ``max_tokens`` tokens (module docstring), on character offsets of the original text."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        return text
+    if mode == "none":
+        raise UserInputError(f"{where}: the source has {len(offsets)} tokens, more than max_source_length="
+                             f"{max_tokens}, and truncation is 'none' — raise max_source_length (within the model's "
+                             "context) or set truncation to head, tail or head_tail")
+    if mode == "head":
+        return text[:offsets[max_tokens - 1][1]]
+    if mode == "tail":
+        return text[offsets[len(offsets) - max_tokens][0]:]
+    head = max(1, (max_tokens - 1) // 2)  # one token's room for the " ... " joint
+    tail = max(1, max_tokens - 1 - head)
+    return text[:offsets[head - 1][1]] + " ... " + text[offsets[len(offsets) - tail][0]:]
+
+
+def encode_example(tokenizer, prompt: str, target: str | None, max_target_length: int, decoder_only: bool,
+                   special_tokens: bool) -> dict[str, Any]:
+    """Token ids of one example: decoder-only ``prompt + target + EOS`` with labels on ``target + EOS``;
+    encoder-decoder ``prompt`` -> ``target`` (the tokenizer adds its own end token)."""
+    if not decoder_only:
+        labels = [] if target is None else tokenizer(text_target=target)["input_ids"]
+        if len(labels) > max_target_length:
+            labels = labels[:max_target_length - 1] + labels[-1:]  # keep the end token
+        return {"input_ids": tokenizer(prompt)["input_ids"], "labels": labels}
+    prompt_ids = tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
+    target_ids = []
+    if target is not None:
+        # The model writes the target after the prompt: a space first where the prompt does not end in whitespace.
+        spaced = target if not prompt or prompt[-1].isspace() else " " + target
+        target_ids = tokenizer(spaced, add_special_tokens=False)["input_ids"][:max_target_length - 1]
+        target_ids.append(tokenizer.eos_token_id)
+    return {"input_ids": prompt_ids + target_ids, "labels": [-100] * len(prompt_ids) + target_ids,
+            "prompt_ids": prompt_ids}
+
+
+class SummarizationDataModule(L.LightningDataModule):
+    """Source -> target generation data (summaries, headlines, bullet points, ...).
+
+    Args:
+        tokenizer: backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model); it is
+            loaded in ``__init__``, so that every check (including source lengths) runs before Lightning writes.
+        train_file: training file (.jsonl/.json lines, .csv, .tsv, .parquet).
+        validation_file: validation file; carved from the training rows when missing.
+        test_file: test file; carved from the training rows when missing.
+        predict_file: sources to generate for (targets optional); the test split when missing.
+        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
+        hub_config: configuration name of ``hub_dataset``.
+        source_column: column holding the input text.
+        target_column: column holding the target text (the training target).
+        reference_columns: columns holding evaluation references (several: ROUGE takes the best one); a split
+            without ``target_column`` trains its loss on the first of them. Default: ``[target_column]``.
+        id_column: column copied into each prediction row (e.g. an id), if given.
+        prompt_template: text around the source, with a ``{source}`` field (default: ``"{source}\\n\\nSummary:"``
+            for decoders, ``"summarize: {source}"`` for encoder-decoders).
+        chat_template: decoder-only: wrap the filled template as a user turn in the tokenizer's chat template.
+        max_source_length: most source tokens per example.
+        max_target_length: most target tokens per example (EOS included).
+        truncation: ``head``, ``tail``, ``head_tail`` or ``none`` (longer sources are an error).
+        validation_fraction: share of the training rows (after the test split) held out when there is no validation
+            file.
+        test_fraction: share of the training rows held out when there is no test file.
+        max_rows: use only the first N training rows (quick runs, CPU benchmarks); None: all.
+        max_eval_rows: use only the first N rows of the validation, test and predict splits; None: all.
+        seed: seed of the carved splits and the training-batch order.
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
+        num_workers: data-loading worker processes.
+    """
+
+    def __init__(self, tokenizer: str = "smollm2", train_file: str | None = None, validation_file: str | None = None,
+                 test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
+                 hub_config: str | None = None, source_column: str = "source", target_column: str = "target",
+                 reference_columns: list[str] | None = None, id_column: str | None = None,
+                 prompt_template: str | None = None, chat_template: bool = False, max_source_length: int = 512,
+                 max_target_length: int = 128, truncation: Truncation = "head", validation_fraction: float = 0.1,
+                 test_fraction: float = 0.1, max_rows: int | None = None, max_eval_rows: int | None = None,
+                 seed: int = 42, batch_size: int = 8, eval_batch_size: int | None = None,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
+                     max_source_length=(max_source_length, 1, math.inf), batch_size=(batch_size, 1, math.inf),
+                     max_target_length=(max_target_length, 2, math.inf), num_workers=(num_workers, 0, math.inf),
+                     eval_batch_size=(eval_batch_size, 1, math.inf), max_rows=(max_rows or 1, 1, math.inf),
+                     max_eval_rows=(max_eval_rows or 1, 1, math.inf))
+        if truncation not in ("head", "tail", "head_tail", "none"):
+            raise UserInputError(f"unknown truncation '{truncation}' — use head, tail, head_tail or none")
+        if prompt_template is not None:
+            check_template(prompt_template)
+        self.tokenizer_name, self.source_column, self.target_column = tokenizer, source_column, target_column
+        self.reference_columns = list(reference_columns) if reference_columns else [target_column]
+        self.id_column, self.prompt_template, self.chat_template = id_column, prompt_template, chat_template
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+        self.truncation, self.max_rows, self.max_eval_rows, self.seed = truncation, max_rows, max_eval_rows, seed
+        self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.label_names = None  # generation has no label set
+        tables = self.read_hub(hub_dataset, hub_config) if hub_dataset else {}
+        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
+            if path is not None:
+                tables[split] = self.read_table(existing_file(f"{split}_file", path), f"{split}_file '{path}'")
+        if not tables:
+            raise UserInputError("no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
+        self.splits = {split: self.examples(table, split) for split, table in tables.items()}
+        self._carve_missing_splits()
+        # The tokenizer is needed now: length checks (truncation 'none') must fail before Lightning writes anything.
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.decoder_only = decoder_only_backbone(tokenizer)
+        if chat_template and self.decoder_only and not getattr(self.tokenizer, "chat_template", None):
+            raise UserInputError(f"chat_template is on but the tokenizer of '{tokenizer}' has no chat template — set "
+                                 "chat_template: false (plain prompt_template) or use an instruction-tuned model")
+        default = "{source}\n\nSummary:" if self.decoder_only else "summarize: {source}"
+        self.template = prompt_template or default
+        self._datasets = {split: [self.encode(row) for row in rows] for split, rows in self.splits.items()}
+
+    # ---- reading and checking (all in __init__) ----------------------------------------------------------------
+    def read_table(self, path, source: str) -> Table:
+        """Read one local file by its extension; packs override this to add formats."""
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise UserInputError(f"unsupported file type '{path.suffix}' for {source} — use {', '.join(READERS)}")
+        return reader(path, source)
+
+    def read_hub(self, name: str, config: str | None) -> dict[str, Table]:
+        import datasets
+
+        try:
+            loaded = datasets.load_dataset(name, config)
+        except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
+                                 "config, or pass local files") from err
+        aliases = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
+                   "test": "test"}
+        return {aliases[split]: Table(f"hub dataset '{name}' split '{split}'", loaded[split].to_dict(),
+                                      list(range(1, len(loaded[split]) + 1)), "row")
+                for split in loaded if split in aliases}
+
+    def examples(self, table: Table, split: str) -> list[dict[str, Any]]:
+        """Checked rows: ``source``, ``target`` (None when predicting without one), ``references``, ``meta``."""
+        if not table.lines:
+            raise UserInputError(f"{table.source} is empty (no data rows) — pass a file with rows")
+        limit = self.max_rows if split == "train" else self.max_eval_rows
+        count = len(table.lines) if limit is None else min(limit, len(table.lines))
+        sources = table.column(self.source_column, "source_column")
+        ref_columns = [c for c in self.reference_columns if c in table.columns]
+        target_column = self.target_column if self.target_column in table.columns else (ref_columns or [None])[0]
+        if target_column is None and split != "predict":
+            table.column(self.target_column, "target_column")  # raises: names the columns there are
+        ids = table.column(self.id_column, "id_column") if self.id_column else None
+        rows = []
+        for row in range(count):
+            source = self._text(table, row, self.source_column, sources[row])
+            target = self._text(table, row, target_column, table.columns[target_column][row]) if target_column else None
+            references = [self._text(table, row, c, table.columns[c][row]) for c in ref_columns
+                          if not is_missing(table.columns[c][row])] or ([target] if target is not None else [])
+            meta = {self.id_column: ids[row]} if ids is not None else {}
+            rows.append({"source": source, "target": target, "where": table.where(row), "meta": meta,
+                         "references": references[0] if len(references) == 1 else (references or None)})
+        return rows
+
+    @staticmethod
+    def _text(table: Table, row: int, column: str, value: Any) -> str:
+        text = "" if is_missing(value) else str(value).strip()
+        if not text:
+            raise UserInputError(f"{table.where(row)}: empty text in column '{column}' — fill it in or remove the row")
+        return text
+
+    def _carve_missing_splits(self) -> None:
+        if "train" not in self.splits:
+            return
+        rng = np.random.default_rng(self.seed)
+        for split, fraction in (("test", self.test_fraction), ("validation", self.validation_fraction)):
+            if split in self.splits or fraction == 0:
+                continue
+            rows = self.splits["train"]
+            held = set(rng.permutation(len(rows))[:math.floor(len(rows) * fraction + 0.5)].tolist())
+            if not held or len(held) == len(rows):
+                raise UserInputError(f"a {fraction:.0%} {split} split of {len(rows)} training rows would leave an "
+                                     f"empty split — pass {split}_file or change {split}_fraction")
+            self.splits[split] = [r for i, r in enumerate(rows) if i in held]
+            self.splits["train"] = [r for i, r in enumerate(rows) if i not in held]
+
+    # ---- tokenizing and batching -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        sizes = ", ".join(f"{split} {len(rows):,}" for split, rows in self.splits.items())
+        rank_zero_info(f"data: {sizes} rows")
+
+    def encode(self, row: dict[str, Any]) -> dict[str, Any]:
+        source = truncate_source(row["source"], self.tokenizer, self.max_source_length, self.truncation, row["where"])
+        prompt = self.template.format(source=source)
+        if self.decoder_only and self.chat_template:
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                        add_generation_prompt=True)
+        item = encode_example(self.tokenizer, prompt, row["target"], self.max_target_length, self.decoder_only,
+                              special_tokens=not (self.decoder_only and self.chat_template))
+        item.update(source=row["source"], references=row["references"], meta=row["meta"])
+        return item
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if split not in self._datasets:
+            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
+        dataset = self._datasets[split]
+        collate = GenerationCollator(self.tokenizer.pad_token_id, self.decoder_only, evaluation=not train)
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          collate_fn=collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict" if "predict" in self._datasets else "test")
