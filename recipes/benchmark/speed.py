@@ -1,4 +1,4 @@
-"""Train-step time and peak memory of bottleneck adapters vs a frozen floor, full fine-tuning and PEFT LoRA/IA3.
+"""Train-step time and peak memory of every strategy, ours and PEFT's same method, vs a frozen floor and full FT.
 
 One command, everything measured in the same run so that the ratios are meaningful on any machine:
 
@@ -13,9 +13,9 @@ Methods:
 - ``frozen floor``: frozen backbone without adapters, but the embedding output requires grad so that the backward
   pass runs through every layer: the cheapest any adapter placed at the bottom of the network can be;
 - ``full fine-tuning``: every backbone weight trainable;
-- ``bottleneck houlsby|pfeiffer|parallel (ours)``: `AdapterModule(strategy=Bottleneck(variant=...))`;
-- ``PEFT LoRA`` (query/value, r=8, alpha=16, dropout 0) and ``PEFT IA3`` (PEFT's BERT defaults) via
-  `peft.get_peft_model` on `transformers.AutoModel`.
+- our strategies (bottleneck houlsby/pfeiffer/parallel, LoRA, IA3, prompt and prefix tuning) as `AdapterModule`, and
+  PEFT's LoRA, IA3, prompt and prefix tuning via `peft.get_peft_model` on `transformers.AutoModel`, each pair with
+  the same configuration (`strategies.py`).
 
 Timing: a few warm-up steps per method, then R rounds; in each round every method runs S consecutive steps, the
 method order rotating from round to round; the figure is the median step time over all R*S steps. Memory: each method
@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -43,13 +44,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
+import strategies  # noqa: E402
 
 BENCHMARK = "speed"
 LABELS = ["negative", "neutral", "positive"]
-FLOOR, FULL, LORA, IA3 = "frozen floor", "full fine-tuning", "PEFT LoRA", "PEFT IA3"
-OURS = {f"bottleneck {v} (ours)": v for v in ("houlsby", "pfeiffer", "parallel")}
-PFEIFFER = "bottleneck pfeiffer (ours)"
-METHODS = [FLOOR, FULL, *OURS, LORA, IA3]
+FLOOR, FULL = "frozen floor", "full fine-tuning"
+PEFT_OF = strategies.PEFT  # ours -> PEFT's same method
+METHODS = [FLOOR, FULL, *[m for ours in strategies.OURS for m in (ours, PEFT_OF.get(ours)) if m]]
 
 SENTENCES = [
     "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007.",
@@ -94,34 +95,23 @@ def build(method: str) -> nn.Module:
     from lightning_adapters import backbone as hf
 
     torch.manual_seed(0)
-    if method in OURS:
+    if method in strategies.OURS:
         from lightning_adapters import AdapterModule
-        from lightning_adapters.strategies import Bottleneck
 
-        model = AdapterModule(backbone="minilm", strategy=Bottleneck(variant=OURS[method]), head=_head(),
-                              label_names=LABELS)
-    elif method in (FLOOR, FULL):
-        backbone = hf.load_model("minilm", AutoModel)  # frozen
-        if method == FULL:
-            backbone.requires_grad_(True)
-        else:
-            backbone.enable_input_require_grads()  # forward hook: embedding output .requires_grad_()
-        head = _head()
-        head.build(backbone.config, LABELS)
-        model = Classifier(backbone, head)
-    elif method in (LORA, IA3):
-        from peft import IA3Config, LoraConfig, get_peft_model
-
-        base = AutoModel.from_pretrained(hf.resolve("minilm").path)
-        config = (LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"])
-                  if method == LORA else IA3Config())
-        backbone = get_peft_model(base, config)
-        head = _head()
-        head.build(base.config, LABELS)
-        model = Classifier(backbone, head)
-    else:
+        model = AdapterModule(backbone="minilm", strategy=strategies.ours(method), head=_head(), label_names=LABELS)
+        return model.train()
+    if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    return model.train()
+    backbone = hf.load_model("minilm", AutoModel)  # frozen
+    if method == FULL:
+        backbone.requires_grad_(True)
+    elif method == FLOOR:
+        backbone.enable_input_require_grads()  # forward hook: embedding output .requires_grad_()
+    else:
+        backbone = strategies.peft_backbone(method, backbone)
+    head = _head()
+    head.build(backbone.config, LABELS)
+    return Classifier(backbone, head).train()
 
 
 def make_batch(batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -244,7 +234,6 @@ def memory_in_subprocess(method: str, args: argparse.Namespace) -> float:
 def report(args: argparse.Namespace, device: torch.device, times: dict[str, list[float]],
            counts: dict[str, tuple[int, int]], memory: dict[str, float], out: Path) -> None:
     med = {m: statistics.median(ts) for m, ts in times.items()}
-    q = {m: statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3 for m, ts in times.items()}
     cuda = device.type == "cuda"
     mem_metric = "peak_memory_allocated" if cuda else "peak_rss_growth"
     mem_desc = ("torch.cuda.max_memory_allocated during training, weights included, one fresh process per method"
@@ -253,38 +242,65 @@ def report(args: argparse.Namespace, device: torch.device, times: dict[str, list
     task = f"sequence classification, {len(LABELS)} labels, MiniLM, batch {args.batch_size}x{args.seq_len} tokens"
     setup = (f"{_report.hardware()}; {_report.versions()}; train step = forward+loss+backward+AdamW+zero_grad, "
              f"train() mode; {args.warmup} warm-up steps, then {args.rounds} round-robin rounds x {args.steps} steps,"
-             f" median; memory: {mem_desc}{'; QUICK smoke run' if args.quick else ''}")
+             f" median; memory: {mem_desc}; configurations: {strategies.describe()}; bottleneck reduction factor 16; "
+             "each PEFT method with the same configuration as ours"
+             f"{'; QUICK smoke run' if args.quick else ''}")
     records, rows = [], []
     for m in times:
-        trainable, total = counts[m]
-        vals = {"step_time": (1000 * med[m], "ms"), "step_time_min": (1000 * min(times[m]), "ms"),
-                "step_time_ratio_vs_frozen_floor": (med[m] / med[FLOOR], "x"),
-                "trainable_params": (trainable, "count"), "trainable_percent": (100 * trainable / total, "%"),
-                mem_metric: (None if memory[m] is None else round(memory[m], 1), "MiB")}
-        if LORA in med:
-            vals["step_time_ratio_vs_peft_lora"] = (med[m] / med[LORA], "x")
+        figures = method_figures(m, times, med, counts[m], memory[m], mem_metric)
         records += [_report.record(BENCHMARK, task, m, k, v if v is None or isinstance(v, int) else round(v, 4), u,
-                                   setup) for k, (v, u) in vals.items()]
-        rows.append([m, f"{trainable:,}", f"{100 * trainable / total:.3f}", f"{1000 * med[m]:.1f}",
-                     f"{1000 * q[m][0]:.1f}–{1000 * q[m][2]:.1f}", f"{1000 * min(times[m]):.1f}",
-                     f"{med[m] / med[FLOOR]:.3f}",
-                     f"{med[m] / med[LORA]:.3f}" if LORA in med else "–",
+                                   setup) for k, (v, u) in figures.items()]
+        q = statistics.quantiles(times[m], n=4) if len(times[m]) > 1 else [times[m][0]] * 3
+        vs_peft = figures.get("step_time_ratio_vs_peft_same_method", (None,))[0]
+        rows.append([m, f"{counts[m][0]:,}", f"{figures['trainable_percent'][0]:.3f}", f"{1000 * med[m]:.1f}",
+                     f"{1000 * q[0]:.1f}–{1000 * q[2]:.1f}", f"{1000 * min(times[m]):.1f}",
+                     f"{med[m] / med[FLOOR]:.3f}", "–" if vs_peft is None else f"{vs_peft:.3f}",
                      "–" if memory[m] is None else f"{memory[m]:.0f}"])
     _report.write_json(out, records)
     headers = ["method", "trainable params", "trainable %", "median step ms", "IQR ms", "min ms", "× frozen floor",
-               "× PEFT LoRA", f"{'peak alloc' if cuda else 'peak RSS growth'} MiB"]
-    checks = []
-    if PFEIFFER in med and LORA in med:
-        ratio = med[PFEIFFER] / med[FLOOR]
-        checks.append(_report.check_line("Pfeiffer step ≤ 1.05 × frozen floor", ratio <= 1.05, f"{ratio:.3f}×"))
-        ratio_lora = med[PFEIFFER] / med[LORA]
-        checks.append(_report.check_line("Pfeiffer step ≤ PEFT LoRA step", ratio_lora <= 1.0, f"{ratio_lora:.3f}×"))
+               "× PEFT same method", f"{'peak alloc' if cuda else 'peak RSS growth'} MiB"]
     md = [f"# Train-step speed and memory ({task})", "", _report.markdown_table(headers, rows), "",
-          "Acceptance (same run):", *checks, "", f"Setup: {setup}.", "",
-          f"Command: `python recipes/benchmark/speed.py {' '.join(sys.argv[1:])}`", ""]
+          "Acceptance (same run):", *acceptance(med), "", f"Setup: {setup}.", "",
+          f"Command: `python recipes/benchmark/speed.py {shlex.join(sys.argv[1:])}`", ""]
     (out / "results.md").write_text("\n".join(md))
     plot(times, med, memory, mem_metric, out / "speed.png", task)
     print("\n".join(md))
+
+
+def method_figures(m: str, times: dict[str, list[float]], med: dict[str, float], counts: tuple[int, int],
+                   memory: float | None, mem_metric: str) -> dict[str, tuple[Any, str]]:
+    """{metric: (value, unit)} of one method; ratios only against methods measured in the same run."""
+    trainable, total = counts
+    figures = {"step_time": (1000 * med[m], "ms"), "step_time_min": (1000 * min(times[m]), "ms"),
+               "step_time_ratio_vs_frozen_floor": (med[m] / med[FLOOR], "x"),
+               "trainable_params": (trainable, "count"), "trainable_percent": (100 * trainable / total, "%"),
+               mem_metric: (None if memory is None else round(memory, 1), "MiB")}
+    if PEFT_OF.get(m) in med:
+        figures["step_time_ratio_vs_peft_same_method"] = (med[m] / med[PEFT_OF[m]], "x")
+    return figures
+
+
+def acceptance(med: dict[str, float]) -> list[str]:
+    """Each of our strategies ≤ 1.05 × frozen floor (prompt/prefix tuning, which lengthen attention: ≤ PEFT's same
+    method); our LoRA ≤ 0.95 × PEFT LoRA; Pfeiffer ≤ PEFT LoRA (the "Core" issue's bar)."""
+    lines = []
+    for m in (m for m in strategies.OURS if m in med):
+        if m in (strategies.PROMPT, strategies.PREFIX):
+            if PEFT_OF[m] in med:
+                ratio = med[m] / med[PEFT_OF[m]]
+                lines.append(_report.check_line(f"{m} step ≤ {PEFT_OF[m]} step", ratio <= 1.0, f"{ratio:.3f}×"))
+            continue
+        ratio = med[m] / med[FLOOR]
+        lines.append(_report.check_line(f"{m} step ≤ 1.05 × frozen floor", ratio <= 1.05, f"{ratio:.3f}×"))
+    if strategies.LORA in med and strategies.PEFT_LORA in med:
+        ratio = med[strategies.LORA] / med[strategies.PEFT_LORA]
+        lines.append(_report.check_line("LoRA (ours) step ≤ 0.95 × PEFT LoRA step (same config)", ratio <= 0.95,
+                                        f"{ratio:.3f}×"))
+    pfeiffer = "bottleneck pfeiffer (ours)"
+    if pfeiffer in med and strategies.PEFT_LORA in med:
+        ratio = med[pfeiffer] / med[strategies.PEFT_LORA]
+        lines.append(_report.check_line("Pfeiffer step ≤ PEFT LoRA step", ratio <= 1.0, f"{ratio:.3f}×"))
+    return lines
 
 
 def plot(times, med, memory, mem_metric, path: Path, task: str) -> None:
@@ -295,7 +311,7 @@ def plot(times, med, memory, mem_metric, path: Path, task: str) -> None:
 
     names = list(times)
     colors = ["#1f77b4" if "ours" in n else "#7f7f7f" if n in (FLOOR, FULL) else "#ff7f0e" for n in names]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 5.2))
     ratios = [med[n] / med[FLOOR] for n in names]
     ax1.bar(range(len(names)), ratios, color=colors)
     ax1.axhline(1.0, color="black", lw=0.8)
