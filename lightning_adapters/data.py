@@ -14,13 +14,13 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.loading import EpochShuffleSampler, ResumableLoaders  # noqa: F401 — EpochShuffleSampler: re-export
 from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids
 
 SPLITS = ("train", "validation", "test", "predict")
@@ -41,27 +41,6 @@ def existing_file(option: str, name: str) -> Path:
     if not path.is_file():
         raise UserInputError(f"{option} not found: '{name}' — pass an existing file")
     return path
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A fresh permutation each epoch, drawn from ``seed + epoch`` only.
-
-    Lightning calls ``set_epoch`` at every epoch start, so the order depends on nothing but the seed and the epoch:
-    a run resumed from a checkpoint sees exactly the batches an uninterrupted run sees.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 def stratified_split(labels: list[int], fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -90,7 +69,7 @@ class TextCollator:
         return batch
 
 
-class TextClassificationDataModule(L.LightningDataModule):
+class TextClassificationDataModule(ResumableLoaders, L.LightningDataModule):
     """Sequence classification from CSV/TSV/JSONL/parquet files or a Hub dataset.
 
     Args:
@@ -235,12 +214,7 @@ class TextClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool = False, with_text: bool = False) -> DataLoader:
         if split not in self._datasets:
             raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
-        collate = TextCollator(self.tokenizer, with_text)
-        dataset = self._datasets[split]
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
-                          sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return self.make_loader(self._datasets[split], TextCollator(self.tokenizer, with_text), train)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

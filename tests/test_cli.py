@@ -153,6 +153,24 @@ def test_resume_from_last_checkpoint_is_exact(workdir, model_dirs):
         assert torch.equal(resumed[key], straight[key]), key
 
 
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(workdir, model_dirs):
+    """A checkpoint taken after step 9 (mid-way through epoch 2 of 6 steps) resumes onto the very batches the
+    uninterrupted run trains on next: same weights at the end, bit for bit (the loader skips the 3 seen batches)."""
+    mid = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+           "init_args": {"dirpath": str(workdir / "mid"), "every_n_train_steps": 9, "save_top_k": -1,
+                         "filename": "step-{step}"}}
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 3})
+    main(["fit", "--config", str(config), "--trainer.callbacks+", json.dumps(mid)])
+    straight = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    for f in (workdir / "ckpt").iterdir():
+        f.unlink()
+    main(["fit", "--config", str(config), "--ckpt_path", str(workdir / "mid" / "step-step=9.ckpt")])
+    resumed = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 3 * 6
+    for key in straight:
+        assert torch.equal(resumed["state_dict"][key], straight[key]), key
+
+
 def test_print_config_shows_the_full_schema(workdir, model_dirs, capsys):
     config = write_config(workdir, model_dirs["bert"])
     with pytest.raises(SystemExit) as exit_info:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,35 @@ def setup_runtime(threads: int) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def peak_memory_mib(run: Callable[[], None], device: torch.device) -> float:
+    """MiB that ``run()`` needs at its peak: CUDA peak allocated (weights included), or on CPU the growth of the peak
+    resident set (VmHWM, reset just before) over the resident set before — activations, gradients, optimizer state.
+    Call it in a fresh process: the CPU allocator keeps freed pages, so an earlier run would hide a later one's peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    baseline = _status_kib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
+        run()
+        peak = _status_kib("VmHWM")
+    except OSError:  # no /proc (macOS): ru_maxrss is the lifetime peak, KiB on Linux, bytes on macOS
+        run()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+    return (peak - baseline) / 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 def default_out(benchmark: str) -> Path:

@@ -1,0 +1,100 @@
+"""Data loaders whose batch order depends only on (seed, epoch, position), so any resumed run is exact.
+
+- `EpochShuffleSampler`: a fresh permutation per epoch drawn from ``seed + epoch`` (Lightning calls ``set_epoch``).
+- `ResumableDataLoader`: counts the batches it has handed out in the current epoch; after a restore, the next epoch
+  pass skips that many, so a run resumed from a MID-epoch checkpoint (SLURM requeue, ``every_n_train_steps``)
+  trains on exactly the batches the uninterrupted run trains on. A plain DataLoader restarts the epoch's order from
+  its first batch while Lightning only shortens the epoch, i.e. it trains on other batches.
+- `ResumableLoaders`: the DataModule side. The position travels in the DataModule's ``state_dict``, which Lightning
+  always saves and restores; Lightning 2.6 skips restoring a *loader's* own state when ``configure_optimizers`` reads
+  ``trainer.estimated_stepping_batches``, as ours does (Lightning issue #20550).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A fresh permutation each epoch, drawn from ``seed + epoch`` only."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that skips, in its first pass after a restore, the batches the checkpointed run already saw.
+
+    ``position`` is shared with the DataModule and with the copy Lightning makes of this loader to add a
+    DistributedSampler, so whichever object Lightning asks sees the same count.
+    """
+
+    def __init__(self, *args: Any, position: dict[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = {"served": 0, "skip": 0} if position is None else position
+
+    def __iter__(self):
+        # A generator: this body runs at the first next(), i.e. after Lightning restored the checkpoint, even though
+        # Lightning creates the iterator before it. A checkpoint taken after an epoch's last batch skips nothing.
+        skip = self.position["skip"] % len(self)
+        self.position.update(served=skip, skip=0)
+        rng = torch.get_rng_state()
+        iterator = super().__iter__()  # draws the workers' base seed from the global RNG
+        if skip:  # an uninterrupted run drew it at the epoch start, before the checkpoint: do not draw twice
+            torch.set_rng_state(rng)
+        for _ in range(skip):  # collates the skipped batches once: cheap next to a training step
+            next(iterator)
+        for batch in iterator:
+            self.position["served"] += 1
+            yield batch
+
+    # Lightning's own loader checkpointing (also keeps it from warning that the loader cannot resume mid-epoch).
+    def state_dict(self) -> dict[str, int]:
+        return {"train_batches_served": self.position["served"]}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position["skip"] = state["train_batches_served"]
+
+
+class ResumableLoaders:
+    """Mixin for LightningDataModules: `make_loader` builds every split's loader; the training one is resumable.
+
+    The subclass sets ``seed``, ``batch_size``, ``eval_batch_size`` and ``num_workers``.
+    """
+
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+
+    def make_loader(self, dataset: Sequence[Any], collate_fn: Callable, train: bool) -> DataLoader:
+        common = {"collate_fn": collate_fn, "num_workers": self.num_workers,
+                  "persistent_workers": self.num_workers > 0}
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset),
+                                   self.seed), position=self._train_position(), **common)
+
+    def _train_position(self) -> dict[str, int]:
+        # created on first use, so subclasses need no __init__ call for it
+        return self.__dict__.setdefault("_train_position_state", {"served": 0, "skip": 0})
+
+    def state_dict(self) -> dict[str, int]:
+        return {"train_batches_served": self._train_position()["served"]}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._train_position()["skip"] = state.get("train_batches_served", 0)
