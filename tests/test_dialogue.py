@@ -322,3 +322,17 @@ def test_shipped_configs_use_the_dialogue_pack():
         config = yaml.safe_load((REPO / "configs" / "customer_support_replies" / f"{name}.yaml").read_text())
         assert config["data"]["class_path"].endswith("CustomerSupportRepliesDataModule")
         assert config["model"]["init_args"]["head"]["class_path"].endswith("GenerationHead")
+
+
+def test_cli_fit_exports_an_adapter_that_predicts_jsonl(tmp_path, model_dirs, monkeypatch, capsys):
+    """The shipped config on the tiny Llama: fit (+ test), export, then predict from the exported adapter folder."""
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs/customer_support_replies/lora.yaml")
+    tiny = ["--model.init_args.backbone", model_dirs["llama"], "--model.init_args.head.init_args.max_new_tokens", "4",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    main(["fit", "--config", config, *tiny, "--trainer.max_epochs", "1"])
+    assert "test_rougeL" in capsys.readouterr().out
+    adapter = tmp_path / "runs/customer_support_replies/adapter"
+    main(["predict", "--config", config, *tiny, "--model.init_args.adapter", str(adapter)])
+    rows = [json.loads(line) for line in (tmp_path / "runs/customer_support_replies/predictions.jsonl").open()]
+    assert len(rows) == 8 and {"intent", "category", "source", "generated", "reference"} <= set(rows[0])
