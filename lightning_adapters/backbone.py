@@ -83,6 +83,16 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks, by the class names HF lists as never to be split across devices."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise UserInputError(f"{type(model).__name__} names no transformer block class (_no_split_modules) — "
+                             "shard it with DDP instead of FSDP")
+    return blocks
+
+
 def parse_dtype(dtype: str | None) -> torch.dtype | None:
     if dtype is None:
         return None
@@ -145,9 +155,8 @@ def fingerprint(model: nn.Module) -> dict:
     }
 
 
-def check_fingerprint(saved: dict, model: nn.Module, where: str) -> None:
-    """Raise if ``model`` is not the base that ``saved`` (from `fingerprint`) was computed on."""
-    current = fingerprint(model)
+def check_fingerprint(saved: dict, current: dict, where: str) -> None:
+    """Raise unless fingerprints ``saved`` and ``current`` (both from `fingerprint`) name the same base model."""
     same_config = saved.get("config_json") == current["config_json"]
     probe = saved.get("embedding_probe", [])
     same_weights = len(probe) == len(current["embedding_probe"]) and torch.allclose(

@@ -34,7 +34,8 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     strategy_config, adapter = module.strategy.export_state(module.backbone)
     state = {f"backbone.{name}": tensor for name, tensor in adapter.items()}
-    state.update({f"head.{name}": tensor for name, tensor in module.head.state_dict().items()})
+    # parameters, not state_dict(): under FSDP2 state_dict() hands out shards even inside module.full_weights()
+    state.update({f"head.{name}": param for name, param in module.head.named_parameters()})
     config = {
         "format": FORMAT,
         "backbone": module.backbone_name,
@@ -97,7 +98,7 @@ def apply_adapter(module: AdapterModule, folder: str | os.PathLike) -> None:
     """Load an adapter folder's weights into ``module`` after checking base model, label names and weight names."""
     config = read_adapter_config(folder)
     weights = read_adapter_weights(folder)
-    check_fingerprint(config["base_model"], module.backbone, f"adapter '{folder}'")
+    check_fingerprint(config["base_model"], module.base_fingerprint, f"adapter '{folder}'")
     if config.get("label_names") != module.label_names:
         raise UserInputError(f"adapter '{folder}' was trained with labels {config.get('label_names')}, this model "
                              f"has {module.label_names} — use the same label names in the same order")

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_adapters.atomic import AtomicCheckpointIO
@@ -43,13 +42,16 @@ class AdaptersCLI(LightningCLI):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if config.get("test_after_fit"):
             trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        elif best:
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            self.model.load_state_dict(state, strict=False)
-        if trainer.is_global_zero:
-            folder = Path(config.get("export_dir") or Path(trainer.log_dir or ".") / "adapter")
-            save_adapter(self.model, folder)
-            print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
+        elif best:  # Lightning's own restore path: right for every strategy, sharded (FSDP) ones included
+            connector = trainer._checkpoint_connector
+            connector.resume_start(best)
+            connector.restore_model()
+            connector.resume_end()
+        with self.model.full_weights():  # a collective under FSDP: every rank enters, rank 0 writes
+            if trainer.is_global_zero:
+                folder = Path(config.get("export_dir") or Path(trainer.log_dir or ".") / "adapter")
+                save_adapter(self.model, folder)
+                print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
 
 
 def main(args: list[str] | None = None) -> None:

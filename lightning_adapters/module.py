@@ -9,6 +9,8 @@ come back and that the base model is the one the checkpoint was trained on.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -121,6 +123,37 @@ class AdapterModule(L.LightningModule):
                 param.data = param.data.float()
         return module
 
+    def configure_model(self) -> None:
+        """FSDP2 under Lightning's ``ModelParallelStrategy``: shard each transformer block, the rest of the base, and
+        the head over the data-parallel mesh. Parameters are sharded one by one (DTensor), so frozen base weights and
+        trainable adapters may share a block; only trainable ones get gradients and optimizer state."""
+        mesh = self.device_mesh
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        for block in hf.transformer_blocks(self.backbone):
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.backbone, mesh=mesh)
+        fully_shard(self.head, mesh=mesh)
+        self._sharded = True
+
+    @contextmanager
+    def full_weights(self) -> Iterator[None]:
+        """Inside: every parameter whole on every rank (FSDP2 all-gathers; a no-op when nothing is sharded). Every
+        rank must enter it together — it is a collective."""
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in self.modules() if isinstance(m, FSDPModule)]
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+
     # ---- what is trainable, and what a checkpoint holds -------------------------------------------------------
     def trainable_names(self) -> list[str]:
         """Adapter weights (found by structure) and head weights: everything saved and optimised."""
@@ -159,8 +192,10 @@ class AdapterModule(L.LightningModule):
         if meta is None:
             raise UserInputError("checkpoint was not written by lightning-adapters (no adapter metadata) — pass a "
                                  "checkpoint from a lightning-adapters run")
-        hf.check_fingerprint(meta["base_model"], self.backbone, "checkpoint")
-        self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
+        # the fingerprint taken at init: the base is frozen, and under FSDP its weights are now shards
+        hf.check_fingerprint(meta["base_model"], self.base_fingerprint, "checkpoint")
+        if "state_dict" in checkpoint:  # FSDP (ModelParallelStrategy) loads the weights itself and pops them first
+            self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
         states = meta.get("rng")
         if states is not None:
             set_rng_state(states[self.global_rank] if self.global_rank < len(states) else states[0])

@@ -44,10 +44,17 @@ def bert_without_dropout(tmp_path_factory) -> str:
     return str(path)
 
 
-def config_for(root: Path, model_dir: str, strategy: str, devices: int) -> Path:
-    tag = f"{strategy}-{devices}"
+# FSDP2 through Lightning's ModelParallelStrategy (AdapterModule.configure_model shards it); gloo on CPU. A full
+# (not distributed) checkpoint: adapter + head weights gathered into one small file.
+FSDP = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1, "save_distributed_checkpoint": False}}
+
+
+def config_for(root: Path, model_dir: str, strategy: str, devices: int, parallel: str | dict = "ddp") -> Path:
+    tag = f"{strategy}-{devices}" + ("-fsdp" if parallel == FSDP else "")
     path = write_config(root, model_dir, **{
-        "trainer.max_epochs": STEPS, "trainer.devices": devices, "trainer.strategy": "ddp" if devices > 1 else "auto",
+        "trainer.max_epochs": STEPS, "trainer.devices": devices,
+        "trainer.strategy": parallel if devices > 1 else "auto",
         "trainer.num_sanity_val_steps": 0, "trainer.logger.init_args.name": tag,
         "trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                "init_args": {"dirpath": str(root / f"ckpt-{tag}"), "save_last": True}}],
@@ -66,10 +73,12 @@ def last_metrics(root: Path, tag: str) -> dict[str, float]:
     return {k: float(row[k]) for k in ("val_loss", "val_accuracy", "val_macro_f1")}
 
 
+@pytest.mark.parametrize("parallel", ["ddp", FSDP], ids=["ddp", "fsdp"])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_two_process_ddp_equals_one_process(strategy, workdir, bert_without_dropout):  # noqa: F811
+def test_two_process_ddp_equals_one_process(strategy, parallel, workdir, bert_without_dropout):  # noqa: F811
+    """DDP, and FSDP2 with frozen and trainable weights in the same sharded blocks: the same adapter as 1 process."""
     one = config_for(workdir, bert_without_dropout, strategy, devices=1)
-    two = config_for(workdir, bert_without_dropout, strategy, devices=2)
+    two = config_for(workdir, bert_without_dropout, strategy, devices=2, parallel=parallel)
     run_cli(["fit", "--config", str(one)])
     # A fresh interpreter, so Lightning's launcher can start rank 1 with the same command line.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -78,25 +87,29 @@ def test_two_process_ddp_equals_one_process(strategy, workdir, bert_without_drop
     out = result.stdout + result.stderr
     assert result.returncode == 0, out  # no "unused parameters" error: frozen weights never enter DDP's reducer
     assert "distributed_backend=gloo" in out and "MEMBER: 2/2" in out
+    two_tag = two.stem
 
     # rank 0 alone exports, once, and leaves no temporary file behind
     assert out.count("adapter saved to") == 1, out
-    files = {p.name for p in (workdir / f"adapter-{strategy}-2").iterdir()}
+    files = {p.name for p in (workdir / f"adapter-{two_tag}").iterdir()}
     assert files == {"adapter_config.json", "adapter_model.safetensors"}
 
     want = load_file(workdir / f"adapter-{strategy}-1" / "adapter_model.safetensors")
-    got = load_file(workdir / f"adapter-{strategy}-2" / "adapter_model.safetensors")
+    got = load_file(workdir / f"adapter-{two_tag}" / "adapter_model.safetensors")
     assert set(got) == set(want)
     trained = [k for k in want if k.endswith(("up.bias", "lora_B.weight"))]
     assert trained and all(want[k].any() for k in trained)  # zero-initialised: nonzero means they trained
     for key in want:  # summation order differs (per-rank padding, all-reduce): equal to ~1e-7 of each tensor's scale
         scale = want[key].abs().max().item()
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5 * scale + 1e-12, msg=key)
-    for tag in (f"{strategy}-1", f"{strategy}-2"):
-        assert torch.load(workdir / f"ckpt-{tag}" / "last.ckpt", weights_only=True)["global_step"] == STEPS
+    for tag in (f"{strategy}-1", two_tag):  # adapter + head weights only, gathered whole (not shards)
+        checkpoint = torch.load(workdir / f"ckpt-{tag}" / "last.ckpt", weights_only=True)
+        assert checkpoint["global_step"] == STEPS
+        assert {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()} == {
+            k: tuple(v.shape) for k, v in want.items()}
 
     # validation metrics are reduced over both ranks (val_loss with sync_dist, torchmetrics by their own sync)
-    one_metrics, two_metrics = last_metrics(workdir, f"{strategy}-1"), last_metrics(workdir, f"{strategy}-2")
+    one_metrics, two_metrics = last_metrics(workdir, f"{strategy}-1"), last_metrics(workdir, two_tag)
     assert one_metrics == pytest.approx(two_metrics, rel=1e-5)
 
 
