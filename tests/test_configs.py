@@ -14,8 +14,9 @@ from lightning_adapters.module import AdapterModule
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", REPO.parent / "shared" / "data"))
-EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "strategy")
+EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("strategy", "trainer"))
 FRAGMENTS = sorted((REPO / "configs" / "strategy").glob("*.yaml"))
+TRAINER_FRAGMENTS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 QUICKSTART = REPO / "configs" / "finance_sentiment" / "bottleneck.yaml"
 
 
@@ -45,6 +46,16 @@ def test_strategy_fragment_composes_with_a_pack_config(fragment, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["strategy"]
     assert printed["class_path"] == expected["class_path"]
     assert expected.get("init_args", {}).items() <= printed["init_args"].items()
+
+
+@pytest.mark.parametrize("fragment", TRAINER_FRAGMENTS, ids=lambda p: p.name)
+def test_trainer_strategy_fragment_composes_with_a_pack_config(fragment, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(QUICKSTART), "--trainer.strategy", str(fragment), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]["strategy"]
+    expected = yaml.safe_load(fragment.read_text())
+    assert printed["class_path"] == expected["class_path"]
+    assert expected["init_args"].items() <= printed["init_args"].items()
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
