@@ -12,15 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import EpochShuffleSampler, ResumableLoaders  # noqa: F401 — EpochShuffleSampler: re-export
+from lightning_adapters.loading import EpochShuffleSampler, SplitDataModule  # noqa: F401 — EpochShuffleSampler: re-export
 from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids
 
 SPLITS = ("train", "validation", "test", "predict")
@@ -69,7 +67,7 @@ class TextCollator:
         return batch
 
 
-class TextClassificationDataModule(ResumableLoaders, L.LightningDataModule):
+class TextClassificationDataModule(SplitDataModule):
     """Sequence classification from CSV/TSV/JSONL/parquet files or a Hub dataset.
 
     Args:
@@ -211,20 +209,6 @@ class TextClassificationDataModule(ResumableLoaders, L.LightningDataModule):
         sizes = ", ".join(f"{split} {len(texts):,}" for split, (texts, _) in self.splits.items())
         rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels")
 
-    def _loader(self, split: str, train: bool = False, with_text: bool = False) -> DataLoader:
-        if split not in self._datasets:
-            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
-        return self.make_loader(self._datasets[split], TextCollator(self.tokenizer, with_text), train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """The predict file, else the test split; batches also carry the raw ``text`` for prediction writers."""
-        return self._loader("predict" if "predict" in self._datasets else "test", with_text=True)
+    def collator(self, stage: str) -> TextCollator:
+        """Prediction batches also carry the raw ``text`` for prediction writers."""
+        return TextCollator(self.tokenizer, with_text=stage == "predict")

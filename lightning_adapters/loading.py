@@ -5,8 +5,9 @@
   pass skips that many, so a run resumed from a MID-epoch checkpoint (SLURM requeue, ``every_n_train_steps``)
   trains on exactly the batches the uninterrupted run trains on. A plain DataLoader restarts the epoch's order from
   its first batch while Lightning only shortens the epoch, i.e. it trains on other batches.
-- `ResumableLoaders`: the DataModule side. The position travels in the DataModule's ``state_dict``, which Lightning
-  always saves and restores; Lightning 2.6 skips restoring a *loader's* own state when ``configure_optimizers`` reads
+- `SplitDataModule`: the DataModule side, base of every DataModule here (train/validation/test/predict loaders from
+  prepared splits). The position travels in the DataModule's ``state_dict``, which Lightning always saves and
+  restores; Lightning 2.6 skips restoring a *loader's* own state when ``configure_optimizers`` reads
   ``trainer.estimated_stepping_batches``, as ours does (Lightning issue #20550).
 """
 
@@ -15,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lightning as L
 import torch
 from torch.utils.data import DataLoader
+
+from lightning_adapters.errors import UserInputError
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
@@ -70,24 +74,46 @@ class ResumableDataLoader(DataLoader):
         self.position["skip"] = state["train_batches_served"]
 
 
-class ResumableLoaders:
-    """Mixin for LightningDataModules: `make_loader` builds every split's loader; the training one is resumable.
+class SplitDataModule(L.LightningDataModule):
+    """Base of every DataModule here: loaders for the prepared splits; the training one seeded and resumable.
 
-    The subclass sets ``seed``, ``batch_size``, ``eval_batch_size`` and ``num_workers``.
+    A subclass fills ``self._datasets`` (split name -> sequence of items) in ``setup`` and sets ``seed``,
+    ``batch_size``, ``eval_batch_size`` and ``num_workers``; it says how a stage's items become a batch in
+    ``collator``. Predict reads the ``predict`` split, else the ``test`` split.
     """
 
     seed: int
     batch_size: int
     eval_batch_size: int
     num_workers: int
+    _datasets: dict[str, Sequence[Any]]
 
-    def make_loader(self, dataset: Sequence[Any], collate_fn: Callable, train: bool) -> DataLoader:
+    def collator(self, stage: str) -> Callable:
+        """The collate function of ``stage`` (``train``, ``validation``, ``test`` or ``predict``)."""
+        raise NotImplementedError
+
+    def make_loader(self, split: str, stage: str) -> DataLoader:
+        if split not in self._datasets:
+            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
+        dataset, collate_fn = self._datasets[split], self.collator(stage)
         common = {"collate_fn": collate_fn, "num_workers": self.num_workers,
                   "persistent_workers": self.num_workers > 0}
-        if not train:
+        if stage != "train":
             return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
         return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset),
                                    self.seed), position=self._train_position(), **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.make_loader("train", "train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.make_loader("validation", "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.make_loader("test", "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.make_loader("predict" if "predict" in self._datasets else "test", "predict")
 
     def _train_position(self) -> dict[str, int]:
         # created on first use, so subclasses need no __init__ call for it
