@@ -234,11 +234,13 @@ class DialogueDataModule(L.LightningDataModule):
 
     def _template(self, choice: str) -> str:
         own = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(own, dict):  # several named templates (e.g. "tool_use"): chats use the default one
+            own = own.get("default")
         if choice == "tokenizer" and not own:
             raise UserInputError(f"the tokenizer of '{self.tokenizer_name}' has no chat template — set chat_template "
                                  "to auto, fallback or a Jinja template string")
         if choice in ("auto", "tokenizer"):
-            return own if isinstance(own, str) and own else FALLBACK_TEMPLATE
+            return own or FALLBACK_TEMPLATE
         return FALLBACK_TEMPLATE if choice == "fallback" else choice
 
     # ---- rendering, masking, truncation ---------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """Customer-support replies (Bitext): SmolLM2-135M-Instruct zero-shot vs + LoRA adapter, perplexity and ROUGE-L/BLEU.
 
-One command (about 30 CPU-minutes at one thread with the defaults; sizes below):
+One command (sizes below; the measured time is in results.md):
 
     python recipes/benchmark/dialogue.py          # -> recipes/benchmark/results/dialogue/{results.md,json,png}
     python recipes/benchmark/dialogue.py --quick  # smoke test: the bundled sample, 2 steps, 4 replies
 
 Data: the Bitext customer-support CSV (4,514 single-turn exchanges, 27 intents) from ``--data-root``, read by
 `CustomerSupportRepliesDataModule` with the pack's system prompt and SmolLM2's own chat template. A seeded test split
-keeps every intent's share (``--test-fraction`` 0.011: 2 requests per intent, 54 rows); training batches are drawn
+keeps every intent's share (``--test-fraction`` 0.006: 1 request per intent, 27 rows); training batches are drawn
 (seeded shuffle) from the remaining rows, ``--steps`` x ``--batch-size`` of them.
 
 Both methods are the same `AdapterModule` (LoRA r=8 on q/v projections, `GenerationHead`) under `lightning.Trainer`:
@@ -168,13 +168,13 @@ def main() -> None:
         Path(__file__).resolve().parents[3] / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=_report.default_out(BENCHMARK))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--eval-batch-size", type=int, default=9)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--test-fraction", type=float, default=0.011)
+    parser.add_argument("--test-fraction", type=float, default=0.006)
     parser.add_argument("--max-length", type=int, default=320)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="bundled sample, 2 steps, one eval batch")
     args = parser.parse_args()
