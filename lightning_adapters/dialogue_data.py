@@ -48,6 +48,8 @@ class Dialogue:
 
 def parse_messages(value: Any, where: str, aliases: dict[str, str]) -> list[dict[str, str]]:
     """Check one row's turns: a non-empty list of {role, content}, roles known, contents non-empty."""
+    if hasattr(value, "tolist"):  # parquet list columns come back from pandas as numpy arrays
+        value = value.tolist()
     if isinstance(value, str):
         try:
             value = json.loads(value)

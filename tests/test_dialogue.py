@@ -128,6 +128,20 @@ def test_single_exchange_rows_and_role_aliases_equal_the_messages_form(tmp_path,
     assert pairs._datasets["train"][0] == chat._datasets["train"][0]
 
 
+def test_messages_as_json_text_in_csv_and_as_parquet_lists_equal_jsonl(tmp_path, model_dirs):
+    import pandas as pd
+
+    expected = module(tmp_path, model_dirs)._datasets["validation"]
+    frame = pd.DataFrame({"messages": [DIALOGUE, SHORT], "intent": ["i0", "i1"]})
+    frame.to_parquet(tmp_path / "d.parquet")
+    frame.assign(messages=frame["messages"].map(json.dumps)).to_csv(tmp_path / "d.csv", index=False)
+    for name in ("d.parquet", "d.csv"):
+        path = str(tmp_path / name)
+        data = DialogueDataModule(model_dirs["llama"], train_file=path, validation_file=path, test_file=path,
+                                  meta_columns=["intent"])
+        assert data._datasets["validation"] == expected
+
+
 def test_predict_rows_may_end_with_a_user_turn(tmp_path, model_dirs):
     data = module(tmp_path, model_dirs, predict_file=dialogues(tmp_path, [DIALOGUE[:4]], "p.jsonl"))
     item, full = data._datasets["predict"][0], data._datasets["validation"][0]
