@@ -141,10 +141,11 @@ def report(args: argparse.Namespace, outcome: dict) -> None:
             f"Training: {outcome['steps']} steps, {outcome['train_seconds']:.0f} s ({step_seconds:.1f} s/step), "
             f"{outcome['trainable']:,} trainable parameters.\n")
     (out / "results.md").write_text(text)
-    with open(out / "predictions.jsonl", "w") as file:
+    with open(out / "predictions.jsonl", "w") as file:  # ids and generated text only: DialogSum is not ours to copy
         for method, (_, preds, _, _) in outcome["results"].items():
             for row in preds:
-                file.write(json.dumps({"method": method, **row}, ensure_ascii=False) + "\n")
+                file.write(json.dumps({"method": method, "fname": row["fname"], "generated": row["generated"]},
+                                      ensure_ascii=False) + "\n")
     print(text)
 
 
