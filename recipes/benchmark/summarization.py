@@ -1,6 +1,6 @@
 """DialogSum ROUGE of SmolLM2-135M-Instruct: its own zero-shot prompt vs the same prompt + a LoRA adapter (CPU).
 
-One command (about 30 minutes at 1 thread on a shared 2-core CPU):
+One command (35 minutes wall-clock at 1 thread on a shared 2-core CPU under load ~11; timings are wall-clock):
 
     python recipes/benchmark/summarization.py    # -> recipes/benchmark/results/summarization/{results.md,json}
     python recipes/benchmark/summarization.py --quick --backbone <tiny LM folder>   # smoke test
