@@ -21,15 +21,14 @@ import struct
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
-from lightning_adapters.data import SPLITS, EpochShuffleSampler, check_limits, existing_file
+from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
+from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.readers import READERS, Table, is_missing
 
 Truncation = Literal["head", "tail", "head_tail", "none"]
@@ -107,7 +106,7 @@ def encode_example(tokenizer, prompt: str, target: str | None, max_target_length
             "prompt_ids": prompt_ids}
 
 
-class SummarizationDataModule(L.LightningDataModule):
+class SummarizationDataModule(SplitDataModule):
     """Source -> target generation data (summaries, headlines, bullet points, ...).
 
     Args:
@@ -271,23 +270,5 @@ class SummarizationDataModule(L.LightningDataModule):
         item.update(source=row["source"], references=row["references"], meta=row["meta"])
         return item
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        if split not in self._datasets:
-            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
-        dataset = self._datasets[split]
-        collate = GenerationCollator(self.tokenizer.pad_token_id, self.decoder_only, evaluation=not train)
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          collate_fn=collate, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict" if "predict" in self._datasets else "test")
+    def collator(self, stage: str) -> GenerationCollator:
+        return GenerationCollator(self.tokenizer.pad_token_id, self.decoder_only, evaluation=stage != "train")

@@ -2,5 +2,6 @@
 
 from lightning_adapters.heads.base import TaskHead
 from lightning_adapters.heads.classification import ClassificationHead
+from lightning_adapters.heads.generation import GenerationHead
 
-__all__ = ["ClassificationHead", "TaskHead"]
+__all__ = ["ClassificationHead", "GenerationHead", "TaskHead"]
