@@ -19,16 +19,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from lightning_adapters.backbone import load_tokenizer
-from lightning_adapters.data import SPLITS, EpochShuffleSampler, check_limits, existing_file, stratified_split
+from lightning_adapters.data import SPLITS, check_limits, existing_file, stratified_split
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.readers import READERS, Table, is_missing
 
 ROLES = ("system", "user", "assistant")
@@ -113,7 +112,7 @@ class DialogueCollator:
         return batch
 
 
-class DialogueDataModule(L.LightningDataModule):
+class DialogueDataModule(SplitDataModule):
     """Chat fine-tuning data for decoder-only models: loss on assistant turns, generation from the final turn.
 
     Args:
@@ -319,24 +318,6 @@ class DialogueDataModule(L.LightningDataModule):
         rank_zero_info(f"data: {sizes} dialogues; chat template: "
                        f"{'fallback' if self.template == FALLBACK_TEMPLATE else 'tokenizer/custom'}")
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        if split not in self._datasets:
-            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
-        dataset = self._datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
-                          sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
-                          collate_fn=DialogueCollator(self.tokenizer.pad_token_id, with_prompts=not train),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """The predict file, else the test split."""
-        return self._loader("predict" if "predict" in self._datasets else "test")
+    def collator(self, stage: str) -> DialogueCollator:
+        """Training batches carry the loss inputs only; evaluation and predict batches also prompts and texts."""
+        return DialogueCollator(self.tokenizer.pad_token_id, with_prompts=stage != "train")
