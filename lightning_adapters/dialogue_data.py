@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer
 from lightning_adapters.data import SPLITS, check_limits, existing_file, stratified_split
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.heads.generation import GenerationCollator
 from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.readers import READERS, Table, is_missing
 
@@ -86,30 +86,6 @@ def check_turn_order(turns: list[dict[str, str]], where: str, needs_reply: bool)
                              "assistant reply to learn and score")
     if roles[-1] == "system":
         raise UserInputError(f"{where}: the dialogue ends with a system turn — end it with a user or assistant turn")
-
-
-class DialogueCollator:
-    """Right-padded training tensors (labels -100 on padding); for evaluation also left-padded prompts and texts."""
-
-    def __init__(self, pad_id: int, with_prompts: bool) -> None:
-        self.pad_id, self.with_prompts = pad_id, with_prompts
-
-    def _pad(self, rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
-        width = max(len(r) for r in rows)
-        return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = [i["input_ids"] for i in items]
-        batch = {"input_ids": self._pad(ids, self.pad_id), "attention_mask": self._pad([[1] * len(r) for r in ids], 0),
-                 "labels": self._pad([i["labels"] for i in items], -100)}
-        if self.with_prompts:
-            prompts = [i["prompt_ids"] for i in items]
-            references = [i["reference"] for i in items]
-            batch.update(prompt_input_ids=self._pad(prompts, self.pad_id, left=True),
-                         prompt_attention_mask=self._pad([[1] * len(r) for r in prompts], 0, left=True),
-                         references=None if None in references else references,
-                         sources=[i["source"] for i in items], meta=[i["meta"] for i in items])
-        return batch
 
 
 class DialogueDataModule(SplitDataModule):
@@ -308,7 +284,7 @@ class DialogueDataModule(SplitDataModule):
                                  "max_length or use truncation: oldest_turns")
         last = dialogue.messages[-1]
         return {"input_ids": ids[:cut], "labels": labels[:cut], "prompt_ids": ids[:prompt][-cut:],
-                "reference": last["content"].strip() if last["role"] == "assistant" else None,
+                "references": last["content"].strip() if last["role"] == "assistant" else None,
                 "source": next(t["content"] for t in reversed(dialogue.messages) if t["role"] == "user"),
                 "meta": dialogue.meta}
 
@@ -318,6 +294,6 @@ class DialogueDataModule(SplitDataModule):
         rank_zero_info(f"data: {sizes} dialogues; chat template: "
                        f"{'fallback' if self.template == FALLBACK_TEMPLATE else 'tokenizer/custom'}")
 
-    def collator(self, stage: str) -> DialogueCollator:
-        """Training batches carry the loss inputs only; evaluation and predict batches also prompts and texts."""
-        return DialogueCollator(self.tokenizer.pad_token_id, with_prompts=stage != "train")
+    def collator(self, stage: str) -> GenerationCollator:
+        """Right-padded loss inputs; evaluation and predict batches also left-padded prompts and the texts."""
+        return GenerationCollator(self.tokenizer.pad_token_id, decoder_only=True, evaluation=stage != "train")

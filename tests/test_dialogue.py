@@ -59,7 +59,7 @@ def test_fallback_masks_exactly_the_assistant_turns_hand_built(tmp_path, model_d
     assert item["input_ids"] == expected_ids
     assert item["labels"] == expected_labels
     assert item["prompt_ids"] == ids(tok, before1 + A1 + "</s>" + before2)
-    assert (item["reference"], item["source"], item["meta"]) == (A2, U2, {"intent": "i0"})
+    assert (item["references"], item["source"], item["meta"]) == (A2, U2, {"intent": "i0"})
     trained = [label for label in expected_labels if label != -100]
     assert tok.convert_ids_to_tokens(trained[-1]) == "</s>"  # the end-of-turn token is trained
 
@@ -146,7 +146,7 @@ def test_predict_rows_may_end_with_a_user_turn(tmp_path, model_dirs):
     data = module(tmp_path, model_dirs, predict_file=dialogues(tmp_path, [DIALOGUE[:4]], "p.jsonl"))
     item, full = data._datasets["predict"][0], data._datasets["validation"][0]
     assert item["prompt_ids"] == full["prompt_ids"] == item["input_ids"]  # the open generation header included
-    assert item["reference"] is None and set(item["labels"][len(full["prompt_ids"]):]) <= {-100}
+    assert item["references"] is None and set(item["labels"][len(full["prompt_ids"]):]) <= {-100}
     assert next(iter(data.predict_dataloader()))["references"] is None
 
 
