@@ -211,7 +211,8 @@ def report(results: list[Result], setup: str, args: argparse.Namespace, out: Pat
         rows.append([r.method, f"{r.lr:g}", f"{r.best_epoch}/{r.epochs}", f"{100 * r.val_f1:.2f}",
                      f"**{100 * r.test['test_f1']:.2f}**", f"{100 * r.test['test_precision']:.2f}",
                      f"{100 * r.test['test_recall']:.2f}", *(f"{100 * r.test[f'test_f1_{t}']:.2f}" for t in types),
-                     f"{r.trainable:,}", f"{pct:.3f}", f"{r.wall_s / 60:.1f}", f"{r.cpu_s / 60:.1f}"])
+                     f"{r.trainable:,}", f"{pct:.3f}", f"{r.wall_s / 60:.1f}",
+                     "not recorded" if math.isnan(r.cpu_s) else f"{r.cpu_s / 60:.1f}"])
     _report.write_json(out, records)
     headers = ["method", "lr", "best epoch", "val F1 %", "test F1 %", "test P %", "test R %",
                *(f"F1 {t} %" for t in types), "trainable params", "trainable %", "wall min", "CPU min"]
