@@ -87,6 +87,7 @@ class SplitDataModule(L.LightningDataModule):
     eval_batch_size: int
     num_workers: int
     _datasets: dict[str, Sequence[Any]]
+    carved_splits: tuple[str, ...] = ("validation", "test")  # splits a <split>_fraction can carve from train
 
     def collator(self, stage: str) -> Callable:
         """The collate function of ``stage`` (``train``, ``validation``, ``test`` or ``predict``)."""
@@ -94,7 +95,8 @@ class SplitDataModule(L.LightningDataModule):
 
     def make_loader(self, split: str, stage: str) -> DataLoader:
         if split not in self._datasets:
-            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
+            carve = f" (or train_file with {split}_fraction > 0)" if split in self.carved_splits else ""
+            raise UserInputError(f"no {split} data — pass {split}_file{carve}")
         dataset, collate_fn = self._datasets[split], self.collator(stage)
         common = {"collate_fn": collate_fn, "num_workers": self.num_workers,
                   "persistent_workers": self.num_workers > 0}

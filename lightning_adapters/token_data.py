@@ -16,16 +16,15 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.conll import SCHEMES, Scheme, Sentence, label_set, read_conll, read_hub, split_tag, to_iob2
-from lightning_adapters.data import EpochShuffleSampler, check_limits, existing_file
+from lightning_adapters.data import check_limits, existing_file
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.loading import SplitDataModule
 
 SPLITS = ("train", "validation", "test", "predict")
 
@@ -76,7 +75,7 @@ class TokenCollator:
         return batch
 
 
-class TokenClassificationDataModule(L.LightningDataModule):
+class TokenClassificationDataModule(SplitDataModule):
     """NER / token classification from CoNLL-format files or a Hub dataset.
 
     Args:
@@ -100,6 +99,8 @@ class TokenClassificationDataModule(L.LightningDataModule):
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: data-loading worker processes.
     """
+
+    carved_splits = ("validation",)  # a test split is never carved: NER test sets are fixed
 
     def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
@@ -217,25 +218,6 @@ class TokenClassificationDataModule(L.LightningDataModule):
         rank_zero_info(f"data: {sizes} sentences; {len(self.label_names)} tags"
                        + (f"; {cut} words past max_length={self.max_length} (scored as O)" if cut else ""))
 
-    def _loader(self, split: str, train: bool = False, with_words: bool = False) -> DataLoader:
-        if split not in self._datasets:
-            raise UserInputError(f"no {split} data — pass {split}_file"
-                                 + (" (or train_file with validation_fraction > 0)" if split == "validation" else ""))
-        dataset = self._datasets[split]
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          collate_fn=TokenCollator(self.tokenizer, with_words), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        """The predict file, else the test split; batches also carry the ``words`` for the prediction writer."""
-        return self._loader("predict" if "predict" in self._datasets else "test", with_words=True)
+    def collator(self, stage: str) -> TokenCollator:
+        """Prediction batches also carry the ``words`` for the prediction writer."""
+        return TokenCollator(self.tokenizer, with_words=stage == "predict")

@@ -208,7 +208,7 @@ def test_truncated_words_are_scored_as_outside(tiny, tmp_path):
     train = write(tmp_path / "train.txt", TRAIN)
     data = TokenClassificationDataModule(tiny, train_file=train, validation_fraction=0, max_length=4)
     data.setup()
-    batch = next(iter(data._loader("train")))
+    batch = next(iter(data.make_loader("train", "train")))
     assert batch["word_positions"][0].tolist() == [0, 1, 2, 3, -1, -1]  # the tiny tokenizer adds no [CLS]/[SEP]
     head = TokenClassificationHead()
     head.build(type("C", (), {"hidden_size": 4})(), data.label_names)
@@ -270,7 +270,7 @@ def test_head_under_every_strategy_round_trips_exactly(family, method, model_dir
     data = TokenClassificationDataModule(model_dirs[family], train_file=write(tmp_path / "t.txt", TRAIN),
                                          validation_fraction=0, label_names=LABELS, batch_size=2)
     data.setup()
-    batch = next(iter(data._loader("train", with_words=True)))
+    batch = next(iter(data.make_loader("train", "predict")))  # predict batches carry the words
     module = AdapterModule(model_dirs[family], strategy=STRATEGIES[method](), head=TokenClassificationHead(),
                            label_names=LABELS, learning_rate=0.05)
     torch.manual_seed(0)

@@ -3,5 +3,6 @@
 from lightning_adapters.heads.base import TaskHead
 from lightning_adapters.heads.classification import ClassificationHead
 from lightning_adapters.heads.generation import GenerationHead
+from lightning_adapters.heads.token_classification import EntityF1, TokenClassificationHead
 
-__all__ = ["ClassificationHead", "GenerationHead", "TaskHead"]
+__all__ = ["ClassificationHead", "EntityF1", "GenerationHead", "TaskHead", "TokenClassificationHead"]
