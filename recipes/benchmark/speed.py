@@ -19,7 +19,7 @@ Methods:
 
 Timing: a few warm-up steps per method, then R rounds; in each round every method runs S consecutive steps, the
 method order rotating from round to round; the figure is the median step time over all R*S steps. Memory: each method
-in a fresh subprocess; CUDA: `torch.cuda.max_memory_allocated` (weights included); CPU: peak RSS during training
+in its own process; CUDA: `torch.cuda.max_memory_allocated` (weights included); CPU: peak RSS during training
 (VmHWM, reset after loading) minus the RSS of the loaded model, i.e. activations + gradients + optimizer state.
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import resource
 import shlex
@@ -165,8 +166,14 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------------
 # Timing (all methods in one process, interleaved) and memory (one subprocess per method)
 # ---------------------------------------------------------------------------------------------------------------
-def time_methods(runners: list[Runner], device: torch.device, warmup: int, rounds: int,
-                 steps: int) -> dict[str, list[float]]:
+def time_methods(runners: list[Runner], device: torch.device, warmup: int, rounds: int, steps: int,
+                 max_minutes: float | None = None) -> dict[str, list[float]]:
+    """Step times per method; with ``max_minutes``, no new round starts after that much wall time (every method
+    still gets the same number of rounds). CPU: the process's CPU time per step — on a shared machine the wall time
+    also counts the time the scheduler gives to other jobs (±20 % between neighbouring steps at load 12 on 2 cores),
+    CPU time does not; CUDA: wall time between synchronisations."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    start_all = time.perf_counter()
     for runner in runners:
         for _ in range(warmup):
             runner.step()
@@ -177,12 +184,15 @@ def time_methods(runners: list[Runner], device: torch.device, warmup: int, round
         for runner in runners[shift:] + runners[:shift]:  # rotate so no method always runs first/last
             for _ in range(steps):
                 sync(device)
-                start = time.perf_counter()
+                start = clock()
                 runner.step()
                 sync(device)
-                times[runner.name].append(time.perf_counter() - start)
+                times[runner.name].append(clock() - start)
         print(f"  round {round_index + 1}/{rounds}: " + ", ".join(
             f"{name} {1000 * statistics.median(ts[-steps:]):.0f}" for name, ts in times.items()) + " ms", flush=True)
+        if max_minutes is not None and time.perf_counter() - start_all > 60 * max_minutes:
+            print(f"  time limit of {max_minutes} min reached after {round_index + 1} rounds", flush=True)
+            break
     return times
 
 
@@ -218,7 +228,30 @@ def measure_memory(method: str, batch: dict[str, torch.Tensor], device: torch.de
     return (peak - baseline) / 1024
 
 
+def _memory_child(conn, method: str, batch: dict[str, torch.Tensor], lr: float, steps: int) -> None:
+    try:
+        conn.send(("ok", measure_memory(method, batch, torch.device("cpu"), lr, steps)))
+    except BaseException as err:  # report it to the parent instead of dying silently
+        conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+def memory_in_fork(method: str, batch: dict[str, torch.Tensor], lr: float, steps: int) -> float:
+    """CPU: measure in a child forked from this process before any model exists (imports and the tokenized batch
+    already done, so a child costs seconds, not an interpreter start); its RSS is its own, measured from its own
+    baseline after loading, so nothing of an earlier method's memory is counted."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_memory_child, args=(sender, method, batch, lr, steps))
+    child.start()
+    status, value = receiver.recv()
+    child.join()
+    if status != "ok":
+        raise RuntimeError(f"memory measurement of {method} failed: {value}")
+    return float(value)
+
+
 def memory_in_subprocess(method: str, args: argparse.Namespace) -> float:
+    """CUDA: a fresh interpreter per method (CUDA cannot be forked once initialised)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", method, "--threads", str(args.threads),
            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--memory-steps",
            str(args.memory_steps)]
@@ -238,10 +271,12 @@ def report(args: argparse.Namespace, device: torch.device, times: dict[str, list
     mem_metric = "peak_memory_allocated" if cuda else "peak_rss_growth"
     mem_desc = ("torch.cuda.max_memory_allocated during training, weights included, one fresh process per method"
                 if cuda else "peak RSS during training minus RSS of the loaded model (activations + gradients + "
-                "AdamW state), one fresh process per method")
+                "AdamW state), one process per method, forked before any model was built")
     task = f"sequence classification, {len(LABELS)} labels, MiniLM, batch {args.batch_size}x{args.seq_len} tokens"
     setup = (f"{_report.hardware()}; {_report.versions()}; train step = forward+loss+backward+AdamW+zero_grad, "
-             f"train() mode; {args.warmup} warm-up steps, then {args.rounds} round-robin rounds x {args.steps} steps,"
+             f"train() mode; step time = {'wall time' if cuda else 'process CPU time'}; {args.warmup} warm-up steps, "
+             f"then {len(times[FLOOR]) // args.steps} round-robin rounds x "
+             f"{args.steps} steps,"
              f" median; memory: {mem_desc}; configurations: {strategies.describe()}; bottleneck reduction factor 16; "
              "each PEFT method with the same configuration as ours"
              f"{'; QUICK smoke run' if args.quick else ''}")
@@ -347,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=3, help="consecutive steps per method per round")
     p.add_argument("--memory-steps", type=int, default=3)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new timing round after this many minutes (the rounds done are reported)")
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD",
                    help=f"subset of {METHODS} (the floor is always included)")
     p.add_argument("--cpu", action="store_true", help="ignore CUDA even if available")
@@ -374,11 +411,12 @@ def main(argv: list[str] | None = None) -> None:
     memory: dict[str, float | None] = {m: None for m in args.methods}  # not measured in --quick
     if not args.quick:  # fresh process per method, before the timing models take memory
         for method in args.methods:
-            memory[method] = memory_in_subprocess(method, args)
+            memory[method] = (memory_in_subprocess(method, args) if device.type == "cuda"
+                              else memory_in_fork(method, batch, lr, args.memory_steps))
             print(f"  memory {method}: {memory[method]:.0f} MiB", flush=True)
     runners = [make_runner(m, batch, device, lr) for m in args.methods]
     counts = {r.name: param_counts(r.model) for r in runners}
-    times = time_methods(runners, device, args.warmup, args.rounds, args.steps)
+    times = time_methods(runners, device, args.warmup, args.rounds, args.steps, args.max_minutes)
     report(args, device, times, counts, memory, out)
 
 
