@@ -61,8 +61,9 @@ class MethodSpec:
 
 
 FULL_LR = {"fpb": 5e-5, "banking77": 1e-4}  # full FT: best validation accuracy (README.md)
-# LoRA: chosen on Financial PhraseBank validation accuracy; the others: one common value each, not tuned (README.md).
-DEFAULT_LR = {strategies.LORA: 2e-3, strategies.IA3: 1e-2, strategies.PROMPT: 3e-2, strategies.PREFIX: 1e-2}
+# LoRA and prefix tuning: chosen on Financial PhraseBank validation accuracy; IA3 and prompt tuning: one common value
+# each, not tuned (README.md lists the grids).
+DEFAULT_LR = {strategies.LORA: 2e-3, strategies.IA3: 1e-2, strategies.PROMPT: 3e-2, strategies.PREFIX: 1e-3}
 
 
 def default_specs(args: argparse.Namespace, task: str) -> dict[str, list[MethodSpec]]:
