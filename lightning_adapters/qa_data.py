@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.data import SPLITS, EpochShuffleSampler, check_limits, existing_file
+from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.loading import SplitDataModule
 
 _HUB_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 
@@ -216,7 +215,7 @@ class QACollator:
         return batch
 
 
-class QADataModule(L.LightningDataModule):
+class QADataModule(SplitDataModule):
     """Extractive question answering from SQuAD-format JSON files or a Hub dataset (e.g. ``rajpurkar/squad``).
 
     QA has no label set: ``label_names`` is None. Training batches hold ``batch_size`` windows (features), shuffled;
@@ -323,23 +322,5 @@ class QADataModule(L.LightningDataModule):
                           for split, examples in self.splits.items())
         rank_zero_info(f"data: {sizes}; train windows {len(self._datasets.get('train', [])):,}")
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        if split not in self._datasets:
-            raise UserInputError(f"no {split} data — pass {split}_file (or train_file with {split}_fraction > 0)")
-        dataset = self._datasets[split]
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if train else None
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          collate_fn=QACollator(self.tokenizer.pad_token_id), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict" if "predict" in self._datasets else "test")
+    def collator(self, stage: str) -> QACollator:
+        return QACollator(self.tokenizer.pad_token_id)
