@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.readers import load_hub_splits
 
 Scheme = Literal["auto", "IOB1", "IOB2", "IO"]
 SCHEMES = ("auto", "IOB1", "IOB2", "IO")
 DOCSTART = "-DOCSTART-"
-_HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
 
 @dataclass
@@ -130,19 +130,8 @@ def read_hub(name: str, config: str | None, tokens_field: str, tags_field: str,
              label_names: list[str] | None) -> dict[str, list[Sentence]]:
     """Sentences of every split of a Hub dataset (``valid``/``dev`` become ``validation``); integer tags are mapped
     through the dataset's ClassLabel names, else through ``label_names``."""
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name, config)
-    except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
-                             "config, or pass local files") from err
     splits = {}
-    for split_name, split in loaded.items():
-        if split_name not in _HUB_SPLITS:
-            continue
-        source = f"hub dataset '{name}' split '{split_name}'"
+    for split_name, (source, split) in load_hub_splits(name, config).items():
         for field in (tokens_field, tags_field):
             if field not in split.column_names:
                 raise UserInputError(f"{source} has no column '{field}' (columns: {', '.join(split.column_names)}) "
@@ -160,5 +149,5 @@ def read_hub(name: str, config: str | None, tokens_field: str, tags_field: str,
                 tags = [names[int(t)] for t in tags]
             if words:
                 sentences.append(Sentence([str(w) for w in words], [str(t) for t in tags], row, source, hub=True))
-        splits[_HUB_SPLITS[split_name]] = sentences
+        splits[split_name] = sentences
     return splits

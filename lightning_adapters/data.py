@@ -19,10 +19,9 @@ from transformers import DataCollatorWithPadding
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.loading import EpochShuffleSampler, SplitDataModule  # noqa: F401 — EpochShuffleSampler: re-export
-from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids
+from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids, load_hub_splits
 
 SPLITS = ("train", "validation", "test", "predict")
-_HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 
 
 def check_limits(**limits: tuple[float, float, float]) -> None:
@@ -135,23 +134,14 @@ class TextClassificationDataModule(SplitDataModule):
     def _read_hub(self, name: str, config: str | None) -> tuple[dict[str, Table], list[str] | None]:
         import datasets
 
-        try:
-            loaded = datasets.load_dataset(name, config)
-        except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
-                                 "config, or pass local files") from err
         tables, class_names = {}, None
-        for split_name, split in loaded.items():
-            if split_name not in _HUB_SPLITS:
-                continue
+        for split_name, (source, split) in load_hub_splits(name, config).items():
             columns = {column: split[column] for column in split.column_names}
             feature = split.features.get(self.label_column)
             if isinstance(feature, datasets.ClassLabel):  # ints -> the dataset's own names, whatever label_names is
                 class_names = list(feature.names)
                 columns[self.label_column] = [feature.int2str(int(v)) for v in columns[self.label_column]]
-            source = f"hub dataset '{name}' split '{split_name}'"
-            tables[_HUB_SPLITS[split_name]] = Table(source, columns, list(range(1, len(split) + 1)), "row")
+            tables[split_name] = Table(source, columns, list(range(1, len(split) + 1)), "row")
         return tables, class_names
 
     def _label_names(self, tables: dict[str, Table], given: list[str] | None, class_names: list[str] | None

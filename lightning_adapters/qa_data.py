@@ -31,8 +31,7 @@ from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.loading import SplitDataModule
-
-_HUB_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+from lightning_adapters.readers import load_hub_splits
 
 
 @dataclass
@@ -269,24 +268,13 @@ class QADataModule(SplitDataModule):
         self._datasets: dict[str, list] = {}
 
     def _read_hub(self, name: str, config: str | None) -> dict[str, list[QAExample]]:
-        import datasets
-
-        try:
-            loaded = datasets.load_dataset(name, config)
-        except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
-                                 "config, or pass local SQuAD JSON files") from err
         splits = {}
-        for split_name, split in loaded.items():
-            if split_name not in _HUB_SPLITS:
-                continue
-            source = f"hub dataset '{name}' split '{split_name}'"
+        for split_name, (source, split) in load_hub_splits(name, config, "local SQuAD JSON files").items():
             missing = [c for c in ("id", "title", "context", "question", "answers") if c not in split.column_names]
             if missing:
                 raise UserInputError(f"{source} has no column(s) {', '.join(missing)} — use a dataset in the SQuAD "
                                      "schema (id, title, context, question, answers{text, answer_start})")
-            splits[_HUB_SPLITS[split_name]] = parse_squad(hub_rows_to_squad(split.to_dict()), source)
+            splits[split_name] = parse_squad(hub_rows_to_squad(split.to_dict()), source)
         return splits
 
     def _carve_missing_splits(self, validation_fraction: float, test_fraction: float) -> None:

@@ -29,7 +29,7 @@ from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
 from lightning_adapters.loading import SplitDataModule
-from lightning_adapters.readers import READERS, Table, is_missing
+from lightning_adapters.readers import READERS, Table, is_missing, load_hub_splits
 
 Truncation = Literal["head", "tail", "head_tail", "none"]
 _GGUF_STRING = 8
@@ -195,19 +195,8 @@ class SummarizationDataModule(SplitDataModule):
         return reader(path, source)
 
     def read_hub(self, name: str, config: str | None) -> dict[str, Table]:
-        import datasets
-
-        try:
-            loaded = datasets.load_dataset(name, config)
-        except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
-                                 "config, or pass local files") from err
-        aliases = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
-                   "test": "test"}
-        return {aliases[split]: Table(f"hub dataset '{name}' split '{split}'", loaded[split].to_dict(),
-                                      list(range(1, len(loaded[split]) + 1)), "row")
-                for split in loaded if split in aliases}
+        return {split: Table(source, dataset.to_dict(), list(range(1, len(dataset) + 1)), "row")
+                for split, (source, dataset) in load_hub_splits(name, config).items()}
 
     def examples(self, table: Table, split: str) -> list[dict[str, Any]]:
         """Checked rows: ``source``, ``target`` (None when predicting without one), ``references``, ``meta``."""
