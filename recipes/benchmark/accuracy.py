@@ -174,19 +174,22 @@ def build_module(method: str, spec: MethodSpec, label_names: list[str]):
 
 
 class BestOnValidation(L.Callback):
-    """After each validation, keep an in-memory copy of the trainable weights if validation accuracy improved."""
+    """After each validation, keep an in-memory copy of the trainable weights if ``monitor`` improved (higher is
+    better); ``history`` records the ``record`` metrics of every epoch (NaN when a metric is absent)."""
 
-    def __init__(self) -> None:
+    def __init__(self, monitor: str = "val_accuracy", record: tuple[str, ...] = ("val_accuracy", "val_macro_f1")):
+        self.monitor, self.record = monitor, record
         self.best, self.best_epoch, self.state, self.history = -1.0, -1, None, []
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        acc = float(trainer.callback_metrics["val_accuracy"])
-        f1 = float(trainer.callback_metrics["val_macro_f1"])
-        self.history.append({"epoch": trainer.current_epoch + 1, "val_accuracy": acc, "val_macro_f1": f1})
-        if acc > self.best:
-            self.best, self.best_epoch = acc, trainer.current_epoch + 1
+        epoch, metrics = trainer.current_epoch + 1, trainer.callback_metrics
+        self.history.append({"epoch": epoch} | {k: float(metrics.get(k, float("nan"))) for k in self.record})
+        value = float(metrics[self.monitor])
+        print(f"  epoch {epoch}: {self.monitor} {100 * value:.2f}", flush=True)
+        if value > self.best:
+            self.best, self.best_epoch = value, epoch
             self.state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
 
     def restore(self, module: L.LightningModule) -> None:

@@ -33,12 +33,11 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
-from accuracy import LengthBucketed, default_data_root  # noqa: E402 — same bucketing as the accuracy benchmark
+from accuracy import BestOnValidation, LengthBucketed, default_data_root  # noqa: E402 — shared with accuracy.py
 
 from lightning_adapters.strategies import Strategy  # noqa: E402
 
@@ -92,30 +91,6 @@ def learning_rate(method: str, args: argparse.Namespace) -> float:
     return {FULL: args.full_lr, BOTTLENECK: args.bottleneck_lr, LORA: args.lora_lr}[method]
 
 
-class BestOnValidation(L.Callback):
-    """After each validation, keep an in-memory copy of the trainable weights if validation entity F1 improved."""
-
-    def __init__(self) -> None:
-        self.best, self.best_epoch, self.state, self.history = -1.0, -1, None, []
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        f1 = float(trainer.callback_metrics["val_f1"])
-        self.history.append({"epoch": trainer.current_epoch + 1, "val_f1": f1,
-                             "train_loss": float(trainer.callback_metrics.get("train_loss", float("nan")))})
-        print(f"  epoch {trainer.current_epoch + 1}: val F1 {100 * f1:.2f}", flush=True)
-        if f1 > self.best:
-            self.best, self.best_epoch = f1, trainer.current_epoch + 1
-            self.state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-    def restore(self, module: L.LightningModule) -> None:
-        params = dict(module.named_parameters())
-        with torch.no_grad():
-            for name, value in self.state.items():
-                params[name].copy_(value)
-
-
 def make_datamodule(args: argparse.Namespace):
     from lightning_adapters.tasks.conll2003 import Conll2003DataModule
 
@@ -136,7 +111,7 @@ def run_one(method: str, args: argparse.Namespace) -> Result:
     inner = make_datamodule(args)
     data = LengthBucketed(inner, args.seed)
     module = build_module(method, args, inner.label_names)
-    best = BestOnValidation()
+    best = BestOnValidation("val_f1", ("val_f1", "train_loss"))
     limits = dict(limit_train_batches=2, limit_val_batches=2, limit_test_batches=2) if args.quick else {}
     trainer = L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

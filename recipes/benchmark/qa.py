@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,21 +32,16 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
+from accuracy import BestOnValidation, default_data_root  # noqa: E402 — shared with accuracy.py and ner.py
 
 BENCHMARK = "qa"
 TASK = "SQuAD v1.1 (article split of dev)"
 FULL, HOULSBY, LORA = "full fine-tuning", "bottleneck houlsby (ours)", "lora (ours)"
 KINDS = {"full": FULL, "houlsby": HOULSBY, "lora": LORA}
-
-
-def default_data_root() -> Path:
-    env = os.environ.get("LIGHTNING_ADAPTERS_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def make_datamodule(args: argparse.Namespace):
@@ -85,28 +79,6 @@ def build_module(kind: str, lr: float):
     return module
 
 
-class BestOnValidation(L.Callback):
-    """After each validation, keep an in-memory copy of the trainable weights if validation F1 improved."""
-
-    def __init__(self) -> None:
-        self.best, self.best_epoch, self.state, self.history = -1.0, -1, None, []
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        f1, em = float(trainer.callback_metrics["val_f1"]), float(trainer.callback_metrics["val_exact_match"])
-        self.history.append({"epoch": trainer.current_epoch + 1, "val_exact_match": em, "val_f1": f1})
-        if f1 > self.best:
-            self.best, self.best_epoch = f1, trainer.current_epoch + 1
-            self.state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-    def restore(self, module: L.LightningModule) -> None:
-        params = dict(module.named_parameters())
-        with torch.no_grad():
-            for name, value in self.state.items():
-                params[name].copy_(value)
-
-
 def run_one(kind: str, lr: float, args: argparse.Namespace, test: bool = True) -> dict[str, Any]:
     """Train one method; returns its numbers (a plain dict: it may come back from a worker process)."""
     from lightning_adapters.backbone import count_parameters
@@ -116,7 +88,7 @@ def run_one(kind: str, lr: float, args: argparse.Namespace, test: bool = True) -
     start, cpu_start = time.perf_counter(), time.process_time()
     datamodule = make_datamodule(args)
     module = build_module(kind, lr)
-    best = BestOnValidation()
+    best = BestOnValidation("val_f1", ("val_exact_match", "val_f1"))
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[best])
