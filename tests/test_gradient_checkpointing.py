@@ -58,3 +58,15 @@ def test_model_without_checkpointing_support_is_refused():
 
     with pytest.raises(UserInputError, match="does not support gradient checkpointing"):
         hf.enable_gradient_checkpointing(Plain())
+
+
+def test_fsdp_needs_named_transformer_blocks(model_dirs):
+    """FSDP shards by HF's `_no_split_modules`; a model naming none is refused with the way out (DDP)."""
+    module = AdapterModule(model_dirs["bert"], strategy=Lora(r=4), label_names=LABELS)
+    assert len(hf.transformer_blocks(module.backbone)) == module.backbone.config.num_hidden_layers
+
+    class Plain(nn.Module):
+        _no_split_modules = None
+
+    with pytest.raises(UserInputError, match="shard it with DDP instead of FSDP"):
+        hf.transformer_blocks(Plain())
