@@ -172,6 +172,44 @@ def prefixed_with_real_text(family: str, implementation: str, **capture_kwargs) 
     return model, prefix
 
 
+@pytest.mark.parametrize("reparameterize", [False, True])
+@pytest.mark.parametrize("family", ["bert", "llama", "t5"])
+def test_prefix_init_text_starts_from_the_keys_and_values_of_that_text(family, reparameterize, model_dirs):
+    """``init_text`` = `capture_key_values` on its tokens (repeated to N); through the MLP by an exact fit."""
+    n = real_tokens(build_tokenizer()).shape[1] + 2  # the text's tokens, then its first two again
+    strategy = PrefixTuning(num_virtual_tokens=n, reparameterize=reparameterize, hidden=16, init_text=PREFIX_TEXT,
+                            tokenizer=model_dirs[family])
+    model = adapted(family, strategy)
+    ids = real_tokens(build_tokenizer())
+    ids = torch.cat([ids, ids[:, :2]], 1)
+    reference = adapted(family, PrefixTuning(num_virtual_tokens=n, reparameterize=False))
+    extra = {"decoder_input_ids": ids} if family == "t5" else {}
+    prefix_encoder(reference).set_key_values(capture_key_values(reference, input_ids=ids, **extra))
+    expected = prefix_encoder(reference).folded()
+    assert torch.allclose(prefix_encoder(model).folded(), expected, atol=1e-5, rtol=0)
+    assert (prefix_encoder(model).folded() - expected).abs().max() == 0 or reparameterize
+    batch = sample_batch(build_tokenizer())
+    extra = {"decoder_input_ids": batch["input_ids"][:, :4]} if family == "t5" else {}
+    assert torch.allclose(model(**batch, **extra).last_hidden_state, reference(**batch, **extra).last_hidden_state,
+                          atol=1e-4, rtol=0)
+    hparams, _ = strategy.export_state(model)  # the exported prefixes replace the initialisation
+    assert hparams["init_args"]["init_text"] is None and hparams["init_args"]["tokenizer"] is None
+
+
+def test_prefix_init_text_refusals(model_dirs):
+    with pytest.raises(UserInputError, match="prefix tuning init_text needs the tokenizer"):
+        PrefixTuning(init_text=PREFIX_TEXT)
+    with pytest.raises(UserInputError, match="init_text '' has no tokens"):
+        adapted("gpt2", PrefixTuning(num_virtual_tokens=2, init_text="", tokenizer=model_dirs["gpt2"]))
+    with pytest.raises(UserInputError, match="cannot fit 6 prefix positions through an MLP of width 4 exactly — "
+                                             "use hidden >= 5 or reparameterize=False"):
+        adapted("gpt2", PrefixTuning(num_virtual_tokens=6, hidden=4, init_text=PREFIX_TEXT,
+                                     tokenizer=model_dirs["gpt2"]))
+    model = adapted("gpt2", PrefixTuning(num_virtual_tokens=2, hidden=8))
+    with pytest.raises(UserInputError, match="has 2 attention layers but 0 key/value pairs"):
+        prefix_encoder(model).set_key_values([])
+
+
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_prefix_from_a_real_text_reproduces_the_decoder_run_on_the_concatenation(family, implementation):
@@ -300,8 +338,6 @@ def test_prefix_refusals_name_the_problem():
     with pytest.raises(UserInputError, match="num_virtual_tokens >= 1"):
         PrefixTuning(num_virtual_tokens=0)
     model = adapted("gpt2", PrefixTuning(num_virtual_tokens=2, hidden=8))
-    with pytest.raises(UserInputError, match="use reparameterize=False or fold"):
-        prefix_encoder(model).set_key_values([])
     with pytest.raises(UserInputError, match="apply PrefixTuning once"):
         PrefixTuning().apply(model)
 

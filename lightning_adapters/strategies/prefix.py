@@ -39,7 +39,12 @@ from lightning_adapters.strategies.prefix_attention import (
     run_without_prefix,
     trace_key_values,
 )
-from lightning_adapters.strategies.prompt import max_input_length, positions_along_mask
+from lightning_adapters.strategies.prompt import (
+    check_init_text,
+    init_token_ids,
+    max_input_length,
+    positions_along_mask,
+)
 
 __all__ = ["ATTENTION_NAME", "PrefixEncoder", "PrefixTuning", "capture_key_values", "prefix_encoder"]
 
@@ -116,13 +121,28 @@ class PrefixEncoder(AdapterLayer):
 
     @torch.no_grad()
     def set_key_values(self, key_values: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Set plain prefixes from per-layer ``(keys, values)`` of shape ``([1,] heads, N, dim)``, e.g. taken
-        from a real text with `capture_key_values` (Li & Liang's initialisation from real words)."""
-        if self.reparameterize:
-            raise UserInputError("set_key_values needs plain prefixes — use reparameterize=False or fold() first")
+        """Make the prefixes equal per-layer ``(keys, values)`` of shape ``([1,] heads, N, dim)``, e.g. taken from a
+        real text with `capture_key_values` (Li & Liang's initialisation from real words).
+
+        With the reparameterisation the MLP's output layer is solved for (least squares, minimum norm) so that
+        ``MLP(E)`` equals them: exact while ``N <= hidden + 1``, since the N hidden rows are then independent."""
         n = self.num_virtual_tokens
+        if len(key_values) != len(self.shapes):
+            raise UserInputError(f"prefix tuning has {len(self.shapes)} attention layers but {len(key_values)} "
+                                 "key/value pairs were given — capture them from this model")
         parts = [t.reshape(-1, n, t.shape[-1]).transpose(0, 1).reshape(n, -1) for pair in key_values for t in pair]
-        self.prefix.copy_(torch.cat(parts, dim=-1))
+        target = torch.cat(parts, dim=-1)
+        if not self.reparameterize:
+            self.prefix.copy_(target)
+            return
+        if n > self.mlp_in.out_features + 1:
+            raise UserInputError(f"prefix tuning cannot fit {n} prefix positions through an MLP of width "
+                                 f"{self.mlp_in.out_features} exactly — use hidden >= {n - 1} or reparameterize=False")
+        hidden = torch.tanh(self.mlp_in(self.embedding)).double()
+        design = torch.cat([hidden, torch.ones(n, 1, dtype=hidden.dtype, device=hidden.device)], dim=1)
+        solution = torch.linalg.pinv(design) @ target.double()  # (hidden + 1) x width: weight^T over bias
+        self.mlp_out.weight.copy_(solution[:-1].T)
+        self.mlp_out.bias.copy_(solution[-1])
 
 
 class PrefixTuning(Strategy):
@@ -133,15 +153,23 @@ class PrefixTuning(Strategy):
         reparameterize: compute the prefixes with an MLP from N trainable embeddings (Li & Liang: more stable
             training); `fold` turns them into plain tensors for export.
         hidden: width of the reparameterisation MLP.
+        init_text: start from the keys and values the frozen model computes for this text's tokens (repeated or
+            truncated to N) instead of random prefixes — Li & Liang's initialisation from real words, which keeps
+            the pretrained attention undisturbed at step 0; default: random.
+        tokenizer: the tokenizer for ``init_text``: an alias, folder or hub id (usually the backbone's name).
     """
 
-    def __init__(self, num_virtual_tokens: int = 20, reparameterize: bool = True, hidden: int = 512) -> None:
+    def __init__(self, num_virtual_tokens: int = 20, reparameterize: bool = True, hidden: int = 512,
+                 init_text: str | None = None, tokenizer: str | None = None) -> None:
         if num_virtual_tokens < 1 or hidden < 1:
             raise UserInputError(f"prefix tuning needs num_virtual_tokens >= 1 and hidden >= 1, got "
                                  f"{num_virtual_tokens} and {hidden}")
+        check_init_text("prefix tuning", init_text, tokenizer)
         self.num_virtual_tokens = num_virtual_tokens
         self.reparameterize = reparameterize
         self.hidden = hidden
+        self.init_text = init_text
+        self.tokenizer = tokenizer
 
     def apply(self, model: nn.Module) -> None:
         if any(isinstance(m, PrefixEncoder) for m in model.children()):
@@ -159,6 +187,17 @@ class PrefixTuning(Strategy):
         encoder.max_length = max_input_length(model.config)
         if is_decoder_only(model.config) and "position_ids" in encoder.arg_names:
             model.register_forward_pre_hook(encoder.place_after_prefix, with_kwargs=True)
+        if self.init_text is not None:
+            encoder.set_key_values(capture_key_values(model, **self._init_inputs(model, device)))
+
+    def _init_inputs(self, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+        """``init_text``'s N tokens as model inputs (the decoder of an encoder-decoder reads them too)."""
+        ids = torch.tensor([init_token_ids("prefix tuning", self.init_text, self.tokenizer, self.num_virtual_tokens)],
+                           device=device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if getattr(model.config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = ids
+        return inputs
 
     def fold(self, model: nn.Module) -> None:
         """Fold the reparameterisation MLP into plain prefixes in place; `hparams` then say reparameterize=False,
@@ -171,7 +210,7 @@ class PrefixTuning(Strategy):
     def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         """The folded (hparams, adapter weights) of ``model`` without changing it: what an export writes."""
         hparams = self.hparams()
-        hparams["init_args"]["reparameterize"] = False
+        hparams["init_args"] |= {"reparameterize": False, "init_text": None, "tokenizer": None}  # weights replace init
         return hparams, {"prefix_tuning.prefix": prefix_encoder(model).folded()}
 
 

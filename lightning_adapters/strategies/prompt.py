@@ -225,6 +225,20 @@ def max_input_length(config: Any) -> int | None:
     return limit
 
 
+def check_init_text(method: str, init_text: str | None, tokenizer: str | None) -> None:
+    if init_text is not None and tokenizer is None:
+        raise UserInputError(f"{method} init_text needs the tokenizer to read it with — set tokenizer to the "
+                             "backbone's name (alias, folder or hub id)")
+
+
+def init_token_ids(method: str, init_text: str, tokenizer: str, n: int) -> list[int]:
+    """The ``n`` token ids an ``init_text`` initialisation starts from: its tokens, repeated or truncated to ``n``."""
+    ids = load_tokenizer(tokenizer)(init_text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise UserInputError(f"{method} init_text {init_text!r} has no tokens — pass a non-empty text")
+    return (ids * math.ceil(n / len(ids)))[:n]
+
+
 class PromptTuning(Strategy):
     """Prompt tuning: trainable virtual tokens in front of every input.
 
@@ -239,9 +253,7 @@ class PromptTuning(Strategy):
                  tokenizer: str | None = None) -> None:
         if num_virtual_tokens < 1:
             raise UserInputError(f"prompt tuning needs num_virtual_tokens >= 1, got {num_virtual_tokens}")
-        if init_text is not None and tokenizer is None:
-            raise UserInputError("prompt tuning init_text needs the tokenizer to read it with — set tokenizer to "
-                                 "the backbone's name (alias, folder or hub id)")
+        check_init_text("prompt tuning", init_text, tokenizer)
         self.num_virtual_tokens = num_virtual_tokens
         self.init_text = init_text
         self.tokenizer = tokenizer
@@ -254,13 +266,16 @@ class PromptTuning(Strategy):
         model.prompt_tuning = layer.to(embedding.weight.device)
         layer.hooks(model)
 
+    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The stored prompt replaces any initialisation: a loaded adapter needs no ``init_text`` tokenizer."""
+        hparams, state = super().export_state(model)
+        hparams["init_args"] |= {"init_text": None, "tokenizer": None}
+        return hparams, state
+
     @torch.no_grad()
     def _initial_prompt(self, embedding: nn.Module) -> torch.Tensor:
         n, weight = self.num_virtual_tokens, embedding.weight
         if self.init_text is None:
             return torch.randn(n, weight.shape[1], device=weight.device) * weight.float().std()
-        ids = load_tokenizer(self.tokenizer)(self.init_text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise UserInputError(f"prompt tuning init_text {self.init_text!r} has no tokens — pass a non-empty text")
-        ids = (ids * math.ceil(n / len(ids)))[:n]
+        ids = init_token_ids("prompt tuning", self.init_text, self.tokenizer, n)
         return embedding(torch.tensor(ids, device=weight.device)).float()
