@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import DataCollatorWithPadding
 
@@ -20,6 +19,7 @@ from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.loading import EpochShuffleSampler, SplitDataModule  # noqa: F401 — EpochShuffleSampler: re-export
 from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids, load_hub_splits
+from lightning_adapters.splits import carve_missing_splits
 
 SPLITS = ("train", "validation", "test", "predict")
 
@@ -40,17 +40,9 @@ def existing_file(option: str, name: str) -> Path:
     return path
 
 
-def stratified_split(labels: list[int], fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """Row indices (kept, held out), each in file order; round(n * fraction) random rows of each label are held out."""
-    by_label: dict[int, list[int]] = {}
-    for row, label in enumerate(labels):
-        by_label.setdefault(label, []).append(row)
-    held: set[int] = set()
-    for label in sorted(by_label):
-        rows = by_label[label]
-        count = math.floor(len(rows) * fraction + 0.5)  # round half up: Python's round() goes to even
-        held.update(rows[i] for i in rng.permutation(len(rows))[:count])
-    return [r for r in range(len(labels)) if r not in held], sorted(held)
+def _rows_of(split: tuple[list[str], list[int]], rows: list[int]) -> tuple[list[str], list[int]]:
+    texts, labels = split
+    return [texts[r] for r in rows], [labels[r] for r in rows]
 
 
 class TextCollator:
@@ -115,7 +107,8 @@ class TextClassificationDataModule(SplitDataModule):
         self.label_names: list[str] = self._label_names(tables, label_names, class_names)
         self.splits: dict[str, tuple[list[str], list[int] | None]] = {
             split: self._examples(table, labelled=split != "predict") for split, table in tables.items()}
-        self._carve_missing_splits()
+        carve_missing_splits(self.splits, {"test": self.test_fraction, "validation": self.validation_fraction},
+                             self.seed, keys=lambda split: split[1], take=_rows_of)
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list[dict[str, Any]]] = {}
 
@@ -166,21 +159,6 @@ class TextClassificationDataModule(SplitDataModule):
         if not labelled and self.label_column not in table.columns:
             return texts, None
         return texts, label_ids(table.column(self.label_column, "label_column"), table, self.label_names)
-
-    def _carve_missing_splits(self) -> None:
-        if "train" not in self.splits:
-            return
-        rng = np.random.default_rng(self.seed)
-        for split, fraction in (("test", self.test_fraction), ("validation", self.validation_fraction)):
-            if split in self.splits or fraction == 0:
-                continue
-            texts, labels = self.splits["train"]
-            keep, held = stratified_split(labels, fraction, rng)
-            if not keep or not held:
-                raise UserInputError(f"a {fraction:.0%} {split} split of {len(texts)} training rows would leave an "
-                                     f"empty split — pass {split}_file or change {split}_fraction")
-            self.splits[split] = ([texts[r] for r in held], [labels[r] for r in held])
-            self.splits["train"] = ([texts[r] for r in keep], [labels[r] for r in keep])
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

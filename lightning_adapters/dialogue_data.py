@@ -19,16 +19,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer
-from lightning_adapters.data import SPLITS, check_limits, existing_file, stratified_split
+from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
 from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.readers import READERS, Table, is_missing
+from lightning_adapters.splits import carve_missing_splits
 
 ROLES = ("system", "user", "assistant")
 # Zephyr-style turns; the tokenizer's EOS ends each turn, so generation stops where a reply ends.
@@ -151,7 +151,8 @@ class DialogueDataModule(SplitDataModule):
                 self.splits[split] = self._read(split, path)
         if not self.splits:
             raise UserInputError("no dialogue data — pass train_file (or validation/test/predict files)")
-        self._carve_missing_splits()
+        carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction}, seed,
+                             keys=lambda rows: [d.stratum for d in rows])
         self.tokenizer = load_tokenizer(tokenizer)
         self.template = self._template(chat_template)
         self._datasets = {split: [self._encode(d, split) for d in rows] for split, rows in self.splits.items()}
@@ -193,21 +194,6 @@ class DialogueDataModule(SplitDataModule):
         stratum = str(table.column(self.stratify_column, "stratify_column")[row]) if (
             self.stratify_column and split == "train") else ""
         return Dialogue(turns, where, meta, stratum)
-
-    def _carve_missing_splits(self) -> None:
-        if "train" not in self.splits:
-            return
-        rng = np.random.default_rng(self.seed)
-        for split, fraction in (("test", self.test_fraction), ("validation", self.validation_fraction)):
-            if split in self.splits or fraction == 0:
-                continue
-            rows = self.splits["train"]
-            strata = {s: i for i, s in enumerate(sorted({d.stratum for d in rows}))}
-            keep, held = stratified_split([strata[d.stratum] for d in rows], fraction, rng)
-            if not keep or not held:
-                raise UserInputError(f"a {fraction:.0%} {split} split of {len(rows)} training rows would leave an "
-                                     f"empty split — pass {split}_file or change {split}_fraction")
-            self.splits[split], self.splits["train"] = [rows[r] for r in held], [rows[r] for r in keep]
 
     def _template(self, choice: str) -> str:
         own = getattr(self.tokenizer, "chat_template", None)

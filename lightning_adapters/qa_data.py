@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -32,6 +31,7 @@ from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.readers import load_hub_splits
+from lightning_adapters.splits import carve_missing_splits
 
 
 @dataclass
@@ -132,15 +132,6 @@ def hub_rows_to_squad(rows: dict[str, list]) -> dict:
         paragraphs[-1]["qas"].append({"id": qid, "question": question,
                                       "answers": [{"text": t, "answer_start": s} for t, s in pairs]})
     return {"data": data}
-
-
-def article_split(examples: list[QAExample], fraction: float, rng: np.random.Generator
-                  ) -> tuple[list[QAExample], list[QAExample]]:
-    """(kept, held out): round(articles * fraction) whole articles, drawn at random, are held out; order kept."""
-    articles = list(dict.fromkeys(e.article for e in examples))
-    count = math.floor(len(articles) * fraction + 0.5)
-    held = {articles[i] for i in rng.permutation(len(articles))[:count]}
-    return [e for e in examples if e.article not in held], [e for e in examples if e.article in held]
 
 
 def check_room(tokenizer, examples: list[QAExample], max_length: int, stride: int, source: str) -> None:
@@ -263,7 +254,7 @@ class QADataModule(SplitDataModule):
         if not self.splits:
             raise UserInputError("no question-answering data — pass train_file (or hub_dataset), test_file or "
                                  "predict_file")
-        self._carve_missing_splits(validation_fraction, test_fraction)
+        self.carve_missing_splits(validation_fraction, test_fraction)
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list] = {}
 
@@ -277,20 +268,12 @@ class QADataModule(SplitDataModule):
             splits[split_name] = parse_squad(hub_rows_to_squad(split.to_dict()), source)
         return splits
 
-    def _carve_missing_splits(self, validation_fraction: float, test_fraction: float) -> None:
-        if "train" not in self.splits:
-            return
-        rng = np.random.default_rng(self.seed)
-        for split, fraction in (("test", test_fraction), ("validation", validation_fraction)):
-            if split in self.splits or fraction == 0:
-                continue
-            train = self.splits["train"]
-            kept, held = article_split(train, fraction, rng)
-            if not kept or not held:
-                articles = len({e.article for e in train})
-                raise UserInputError(f"a {fraction:.0%} {split} split of {articles} training article(s) would leave an"
-                                     f" empty split — pass {split}_file or change {split}_fraction")
-            self.splits["train"], self.splits[split] = kept, held
+    def carve_missing_splits(self, validation_fraction: float, test_fraction: float) -> None:
+        """Missing test/validation splits: whole articles drawn from the training ones."""
+        carved = carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction},
+                                      self.seed, keys=lambda examples: [e.article for e in examples],
+                                      whole_groups=True, unit="training article(s)")
+        for split in carved:
             self.sources[split] = f"{split} articles carved from {self.sources['train']}"
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------

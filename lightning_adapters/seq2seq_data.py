@@ -21,7 +21,6 @@ import struct
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
@@ -30,6 +29,7 @@ from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
 from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.readers import READERS, Table, is_missing, load_hub_splits
+from lightning_adapters.splits import carve_missing_splits
 
 Truncation = Literal["head", "tail", "head_tail", "none"]
 _GGUF_STRING = 8
@@ -175,7 +175,7 @@ class SummarizationDataModule(SplitDataModule):
         if not tables:
             raise UserInputError("no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
         self.splits = {split: self.examples(table, split) for split, table in tables.items()}
-        self._carve_missing_splits()
+        carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction}, seed)
         # The tokenizer is needed now: length checks (truncation 'none') must fail before Lightning writes anything.
         self.tokenizer = load_tokenizer(tokenizer)
         self.decoder_only = decoder_only_backbone(tokenizer)
@@ -227,21 +227,6 @@ class SummarizationDataModule(SplitDataModule):
         if not text:
             raise UserInputError(f"{table.where(row)}: empty text in column '{column}' — fill it in or remove the row")
         return text
-
-    def _carve_missing_splits(self) -> None:
-        if "train" not in self.splits:
-            return
-        rng = np.random.default_rng(self.seed)
-        for split, fraction in (("test", self.test_fraction), ("validation", self.validation_fraction)):
-            if split in self.splits or fraction == 0:
-                continue
-            rows = self.splits["train"]
-            held = set(rng.permutation(len(rows))[:math.floor(len(rows) * fraction + 0.5)].tolist())
-            if not held or len(held) == len(rows):
-                raise UserInputError(f"a {fraction:.0%} {split} split of {len(rows)} training rows would leave an "
-                                     f"empty split — pass {split}_file or change {split}_fraction")
-            self.splits[split] = [r for i, r in enumerate(rows) if i in held]
-            self.splits["train"] = [r for i, r in enumerate(rows) if i not in held]
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -25,6 +25,7 @@ from lightning_adapters.conll import SCHEMES, Scheme, Sentence, label_set, read_
 from lightning_adapters.data import check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.loading import SplitDataModule
+from lightning_adapters.splits import carve_missing_splits
 
 SPLITS = ("train", "validation", "test", "predict")
 
@@ -132,7 +133,7 @@ class TokenClassificationDataModule(SplitDataModule):
                 self.splits[split] = read_conll(path, f"{split}_file '{name}'",
                                                 None if split == "predict" else tag_column)
         self.label_names: list[str] = self._label_names(given)
-        self._carve_validation()
+        carve_missing_splits(self.splits, {"validation": validation_fraction}, seed, unit="training sentences")
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list[dict[str, Any]]] = {}
 
@@ -166,20 +167,6 @@ class TokenClassificationDataModule(SplitDataModule):
                 raise UserInputError(f"{sentence.where(bad)}: tag '{sentence.tags[bad]}' is not in label_names "
                                      f"{given} — add it or fix the tag")
         return given
-
-    def _carve_validation(self) -> None:
-        """A seeded random share of the training sentences becomes the validation split (when there is none)."""
-        if "validation" in self.splits or "train" not in self.splits or self.validation_fraction == 0:
-            return
-        train = self.splits["train"]
-        count = math.floor(len(train) * self.validation_fraction + 0.5)
-        held = set(np.random.default_rng(self.seed).permutation(len(train))[:count].tolist())
-        if not held or len(held) == len(train):
-            raise UserInputError(f"a {self.validation_fraction:.0%} validation split of {len(train)} training "
-                                 "sentences would leave an empty split — pass validation_file or change "
-                                 "validation_fraction")
-        self.splits["validation"] = [s for i, s in enumerate(train) if i in held]
-        self.splits["train"] = [s for i, s in enumerate(train) if i not in held]
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def encode(self, sentence: Sentence) -> dict[str, Any]:

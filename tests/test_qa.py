@@ -19,7 +19,8 @@ from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTunin
 from lightning_adapters.cli import main
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.question_answering import QuestionAnsweringHead
-from lightning_adapters.qa_data import QADataModule, answer_tokens, article_split, parse_squad
+from lightning_adapters.qa_data import QADataModule, answer_tokens, parse_squad
+from lightning_adapters.splits import held_out
 from lightning_adapters.squad_metric import (
     SquadMetric,
     best_spans,
@@ -152,7 +153,7 @@ def test_article_split_is_seeded_and_disjoint():
     assert sum(len(v) for v in dm.splits.values()) == 20
     ids = {s: [e.id for e in v] for s, v in dm.splits.items()}
     assert ids == {s: [e.id for e in v] for s, v in again.splits.items()}
-    kept, held = article_split(dm.splits["train"], 0.0, np.random.default_rng(0))
+    kept, held = held_out([e.article for e in dm.splits["train"]], 0.0, np.random.default_rng(0), whole_groups=True)
     assert held == [] and len(kept) == len(dm.splits["train"])
     with pytest.raises(UserInputError, match="would leave an empty split"):
         SquadDataModule(train_file=str(SAMPLE_DIR / "validation.json"))
