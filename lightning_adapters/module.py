@@ -225,7 +225,7 @@ class AdapterModule(L.LightningModule):
         outputs = self(batch)
         size = len(batch["input_ids"])
         self.log(f"{stage}_loss", self.head.loss(outputs, batch), prog_bar=True, batch_size=size, sync_dist=True)
-        self.head.update_metrics(metrics, outputs, batch, self.backbone)
+        self.head.update_metrics(metrics, outputs, batch, self.backbone, stage)
 
     def _log_metrics(self, metrics) -> None:
         """Once per epoch: corpus-level metrics (entity F1, ROUGE, SQuAD) need every batch; compute syncs ranks."""

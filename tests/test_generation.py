@@ -139,7 +139,7 @@ def test_loss_is_hf_loss_on_the_target_tokens_only(family, lm_dirs):
         prompt_logits = logits.clone()
         prompt_logits[:, :2] = torch.randn_like(prompt_logits[:, :2])
         assert module.head.loss(prompt_logits, batch).item() == pytest.approx(loss.item(), abs=1e-6)
-    module.head.update_metrics(module.test_metrics, logits, batch, module.backbone)
+    module.head.update_metrics(module.test_metrics, logits, batch, module.backbone, "test")
     assert module.test_metrics.compute()["test_perplexity"].item() == pytest.approx(math.exp(loss.item()), rel=1e-5)
 
 
@@ -226,9 +226,9 @@ def test_validation_generates_only_when_asked_and_test_scores_the_generated_text
                                head=GenerationHead(max_new_tokens=4, generate_during_validation=during_validation))
         module.eval()
         logits = module(batch)
-        module.head.update_metrics(module.val_metrics, logits, batch, module.backbone)
+        module.head.update_metrics(module.val_metrics, logits, batch, module.backbone, "val")
         assert ("val_rougeL" in module.val_metrics.compute()) == during_validation
-    module.head.update_metrics(module.test_metrics, logits, batch, module.backbone)
+    module.head.update_metrics(module.test_metrics, logits, batch, module.backbone, "test")
     texts = module.head.generate(module.backbone, batch)
     expected = ROUGE()
     expected.update(texts, batch["references"])

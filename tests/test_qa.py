@@ -251,7 +251,7 @@ def test_head_trains_scores_and_predicts_with_every_strategy(family, strategy, m
     module.eval()
     with torch.no_grad():
         outputs = module(batch)
-        module.head.update_metrics(module.test_metrics, outputs, batch, module.backbone)
+        module.head.update_metrics(module.test_metrics, outputs, batch, module.backbone, "test")
         rows = module.head.predict(module.backbone, batch)
     scores = {k: float(v) for k, v in module.test_metrics.compute().items()}
     # the metric path (per-feature tensors, best feature per question) and the predict path agree

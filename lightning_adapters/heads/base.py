@@ -7,8 +7,9 @@ updates and JSON-ready predictions. Its new weights are trainable and are saved 
 
 The module calls, per batch: ``forward`` + ``loss`` in training; ``forward`` + ``loss`` + ``update_metrics`` in
 validation/test; ``predict`` in prediction. ``update_metrics`` and ``predict`` get the backbone, so generative heads
-can run ``generate``. Metrics are torchmetrics objects (synced across ranks), computed once per epoch by the module:
-their ``compute`` may return a scalar or a flat dict of scalars (e.g. per-entity-type F1).
+can run ``generate``; ``update_metrics`` also gets the stage (``"val"`` or ``"test"``), so a head can skip costly
+work where only some stages need it. Metrics are torchmetrics objects (synced across ranks), computed once per
+epoch by the module: their ``compute`` may return a scalar or a flat dict of scalars (e.g. per-entity-type F1).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class TaskHead(nn.Module):
         raise NotImplementedError
 
     def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any],
-                       backbone: nn.Module) -> None:
+                       backbone: nn.Module, stage: str) -> None:
         raise NotImplementedError
 
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:

@@ -78,7 +78,7 @@ class ClassificationHead(TaskHead):
                                  "macro_f1": MulticlassF1Score(n, average="macro")})
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
-                       backbone: nn.Module) -> None:
+                       backbone: nn.Module, stage: str) -> None:
         metrics.update(logits, batch["labels"])
 
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:

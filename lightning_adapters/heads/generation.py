@@ -154,12 +154,11 @@ class GenerationHead(TaskHead):
         return MetricCollection(built, compute_groups=False)
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
-                       backbone: nn.Module) -> None:
+                       backbone: nn.Module, stage: str) -> None:
         names = set(metrics.keys(keep_base=True))
         if "perplexity" in names:
             metrics["perplexity"].update(*label_nll(logits, batch["labels"], causal=not self.encoder_decoder))
-        # The module names its validation collection "val_": generation there is opt-in (slow on CPU).
-        generate = self.generate_during_validation or metrics.prefix != "val_"
+        generate = self.generate_during_validation or stage != "val"  # generation in validation: opt-in (slow)
         text_metrics = [name for name in _TEXT_METRICS if name in names]
         if text_metrics and generate and batch.get("references") is not None:
             predictions = self.generate(backbone, batch)

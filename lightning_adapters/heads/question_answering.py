@@ -78,7 +78,7 @@ class QuestionAnsweringHead(TaskHead):
         return spans
 
     def update_metrics(self, metrics: MetricCollection, outputs: tuple[torch.Tensor, torch.Tensor],
-                       batch: dict[str, Any], backbone: nn.Module) -> None:
+                       batch: dict[str, Any], backbone: nn.Module, stage: str) -> None:
         exact, f1, score = [], [], []
         for spans, answers in zip(self._spans(outputs, batch, 1), batch["answers"], strict=True):
             best_score, text = (spans[0][0], spans[0][1]) if spans else (float("-inf"), "")

@@ -152,7 +152,7 @@ class TokenClassificationHead(TaskHead):
         return [[self.label_names[i] for i in row[:count]] for row, count in zip(best, counts, strict=True)]
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
-                       backbone: nn.Module) -> None:
+                       backbone: nn.Module, stage: str) -> None:
         gold = batch["word_labels"]
         counts = (gold != -100).sum(1).tolist()
         targets = [[self.label_names[i] for i in row[:count]] for row, count in zip(gold.tolist(), counts, strict=True)]
