@@ -19,8 +19,9 @@ from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTunin
 from lightning_adapters.cli import main
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.question_answering import QuestionAnsweringHead
-from lightning_adapters.qa_data import QADataModule, answer_tokens, parse_squad
+from lightning_adapters.qa_data import QADataModule, answer_tokens
 from lightning_adapters.splits import held_out
+from lightning_adapters.squad_format import parse_squad
 from lightning_adapters.squad_metric import (
     SquadMetric,
     best_spans,
