@@ -58,7 +58,7 @@ class MethodSpec:
 
     lr: float
     reduction_factor: int | None = None  # bottleneck only
-    init_text: str | None = None  # prompt and prefix tuning: start from this text's embeddings / keys and values
+    options: dict = field(default_factory=dict)  # strategy arguments beyond the shared configuration
 
 
 FULL_LR = {"fpb": 5e-5, "banking77": 1e-4}  # full FT: best validation accuracy (README.md)
@@ -74,7 +74,12 @@ def default_specs(args: argparse.Namespace, task: str) -> dict[str, list[MethodS
              PFEIFFER: [MethodSpec(args.pfeiffer_lr, args.pfeiffer_reduction_factor)]}
     specs |= {method: [MethodSpec(lr) for lr in getattr(args, flag)] for method, flag in LR_FLAGS.items()}
     for method, text in ((strategies.PROMPT, args.prompt_init_text), (strategies.PREFIX, args.prefix_init_text)):
-        specs[method] = [MethodSpec(spec.lr, init_text=text) for spec in specs[method]]
+        if text is not None:  # start from this text's embeddings (prompt) / keys and values (prefix)
+            for spec in specs[method]:
+                spec.options |= {"init_text": text, "tokenizer": "minilm"}
+    if args.prefix_plain:
+        for spec in specs[strategies.PREFIX]:
+            spec.options["reparameterize"] = False
     return {method: specs[method] for method in args.methods}
 
 
@@ -167,10 +172,8 @@ def build_module(method: str, spec: MethodSpec, label_names: list[str]):
         strategy = NoAdapters()
     elif method in (HOULSBY, PFEIFFER):
         strategy = strategies.ours(method, reduction_factor=spec.reduction_factor)
-    elif spec.init_text is not None:
-        strategy = strategies.ours(method, init_text=spec.init_text, tokenizer="minilm")
     else:
-        strategy = strategies.ours(method)
+        strategy = strategies.ours(method, **spec.options)
     module = AdapterModule(backbone="minilm", strategy=strategy, head=ClassificationHead(pooling="mean", dropout=0.1),
                            label_names=label_names, learning_rate=spec.lr, weight_decay=0.01, warmup_ratio=0.1)
     if method == FULL:
@@ -250,7 +253,7 @@ def run_one(task: str, method: str, spec: MethodSpec, epochs: int, args: argpars
 def setup_string(task: str, epochs: int, specs: dict[str, list[MethodSpec]], args: argparse.Namespace) -> str:
     hp = "; ".join(f"{m}: lr {'/'.join(f'{s.lr:g}' for s in grid)}" + (" (best on validation)" if len(grid) > 1 else "")
                    + (f", reduction_factor {grid[0].reduction_factor}" if grid[0].reduction_factor else "")
-                   + (f", initialised from the text {grid[0].init_text!r}" if grid[0].init_text else "")
+                   + "".join(f", {k} {v!r}" for k, v in grid[0].options.items() if k != "tokenizer")
                    for m, grid in specs.items())
     split = ("seeded stratified 80/20 test split, validation 10 % of the 80 %" if task == "fpb"
              else "official test split (3,080 rows), validation 10 % of train")
@@ -398,6 +401,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for method in ("prompt", "prefix"):
         p.add_argument(f"--{method}-init-text", default=None, metavar="TEXT",
                        help=f"initialise {method} tuning from this text (default: random)")
+    p.add_argument("--prefix-plain", action="store_true",
+                   help="prefix tuning without the reparameterisation MLP (plain trainable prefixes)")
     p.add_argument("--reference", type=Path, default=_report.default_out(BENCHMARK) / "results.json",
                    help="earlier results.json whose full fine-tuning test accuracy the acceptance uses when this run "
                         "has no full fine-tuning (default: results/accuracy/results.json)")
