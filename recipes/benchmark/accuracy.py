@@ -183,10 +183,12 @@ def build_module(method: str, spec: MethodSpec, label_names: list[str]):
 
 class BestOnValidation(L.Callback):
     """After each validation, keep an in-memory copy of the trainable weights if ``monitor`` improved (higher is
-    better); ``history`` records the ``record`` metrics of every epoch (NaN when a metric is absent)."""
+    better); ``history`` records the ``record`` metrics of every epoch (NaN when a metric is absent). ``percent``:
+    the factor that prints the monitored value in percent (1 for metrics that already are, e.g. SQuAD F1)."""
 
-    def __init__(self, monitor: str = "val_accuracy", record: tuple[str, ...] = ("val_accuracy", "val_macro_f1")):
-        self.monitor, self.record = monitor, record
+    def __init__(self, monitor: str = "val_accuracy", record: tuple[str, ...] = ("val_accuracy", "val_macro_f1"),
+                 percent: float = 100.0):
+        self.monitor, self.record, self.percent = monitor, record, percent
         self.best, self.best_epoch, self.state, self.history = -1.0, -1, None, []
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -195,7 +197,7 @@ class BestOnValidation(L.Callback):
         epoch, metrics = trainer.current_epoch + 1, trainer.callback_metrics
         self.history.append({"epoch": epoch} | {k: float(metrics.get(k, float("nan"))) for k in self.record})
         value = float(metrics[self.monitor])
-        print(f"  epoch {epoch}: {self.monitor} {100 * value:.2f}", flush=True)
+        print(f"  epoch {epoch}: {self.monitor} {self.percent * value:.2f}", flush=True)
         if value > self.best:
             self.best, self.best_epoch = value, epoch
             self.state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
