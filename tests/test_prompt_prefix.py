@@ -179,7 +179,11 @@ def test_prefix_init_text_starts_from_the_keys_and_values_of_that_text(family, r
     n = real_tokens(build_tokenizer()).shape[1] + 2  # the text's tokens, then its first two again
     strategy = PrefixTuning(num_virtual_tokens=n, reparameterize=reparameterize, hidden=16, init_text=PREFIX_TEXT,
                             tokenizer=model_dirs[family])
-    model = adapted(family, strategy)
+    torch.manual_seed(1)
+    model = frozen(family).train()  # capture switches dropout off, then restores the mode
+    strategy.apply(model)
+    assert all(m.training for m in model.modules())
+    model.eval()
     ids = real_tokens(build_tokenizer())
     ids = torch.cat([ids, ids[:, :2]], 1)
     reference = adapted(family, PrefixTuning(num_virtual_tokens=n, reparameterize=False))

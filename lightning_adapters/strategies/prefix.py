@@ -225,4 +225,10 @@ def capture_key_values(model: nn.Module, **inputs: torch.Tensor) -> list[tuple[t
     """The keys and values each prefixed attention layer of ``model`` computes for ``inputs``, prefixes switched off,
     in prefix order: e.g. ``encoder.set_key_values(capture_key_values(model, input_ids=real_text_ids))``."""
     prefix_encoder(model)  # refuse a model without prefixes, with the usual message
-    return run_without_prefix(model, installed_slots(model), inputs)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # dropout off: the keys and values the model computes, not one random draw of them
+    try:
+        return run_without_prefix(model, installed_slots(model), inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
