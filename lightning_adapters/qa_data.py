@@ -150,7 +150,7 @@ class QADataModule(SplitDataModule):
         if not self.splits:
             raise UserInputError("no question-answering data — pass train_file (or hub_dataset), test_file or "
                                  "predict_file")
-        self.carve_missing_splits(validation_fraction, test_fraction)
+        self._carve_articles(validation_fraction, test_fraction)
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list] = {}
 
@@ -164,7 +164,7 @@ class QADataModule(SplitDataModule):
             splits[split_name] = parse_squad(hub_rows_to_squad(split.to_dict()), source)
         return splits
 
-    def carve_missing_splits(self, validation_fraction: float, test_fraction: float) -> None:
+    def _carve_articles(self, validation_fraction: float, test_fraction: float) -> None:
         """Missing test/validation splits: whole articles drawn from the training ones."""
         carved = carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction},
                                       self.seed, keys=lambda examples: [e.article for e in examples],

@@ -22,7 +22,8 @@ def _share(count: int, fraction: float) -> int:
 
 def held_out(keys: Sequence[Hashable], fraction: float, rng: np.random.Generator,
              whole_groups: bool = False) -> tuple[list[int], list[int]]:
-    """Row indices (kept, held out), each in row order, for rows whose strata / groups are ``keys``.
+    """Row indices (kept, held out), each in row order, for rows whose strata / groups are ``keys`` (stratified
+    keys must also sort: the strata are drawn in sorted order, so the draw does not depend on row order).
 
     Stratified: round(rows of k × fraction) random rows of each key k (keys in sorted order) are held out.
     Whole groups: round(distinct keys × fraction) random keys (in order of first appearance), with all their rows.

@@ -2,8 +2,8 @@
 
 Every problem is one `UserInputError` naming the file, the JSON path and the fix: JSON syntax (line and column), the
 structure ``data[].paragraphs[].{context, qas[].{id, question, answers[].{text, answer_start}}}``, duplicate ids, and
-an answer not found in its context at ``answer_start``. Each question keeps its article (a ``data[]`` entry's title),
-so splits can be carved by whole articles.
+an answer not found in its context at ``answer_start``. Each question keeps its article (``"<index>:<title>"`` of its
+``data[]`` entry), so splits can be carved by whole articles.
 """
 
 from __future__ import annotations

@@ -285,24 +285,3 @@ def test_customer_service_sample_uses_banking77_intent_names(tok):
         json.loads((BANKING77 / "categories.json").read_text()))
     assert not unknown, f"sample intents that BANKING77 does not have (check the spelling): {sorted(unknown)}"
 
-
-# ---- carving missing splits (every DataModule) --------------------------------------------------------------------
-def test_held_out_is_stratified_or_by_whole_groups_seeded_and_in_row_order():
-    import numpy as np
-
-    from lightning_adapters.splits import carve_missing_splits, held_out
-
-    keys = ["a"] * 10 + ["b"] * 4 + ["c"] * 6
-    kept, held = held_out(keys, 0.25, np.random.default_rng(3))
-    assert Counter(keys[r] for r in held) == {"a": 3, "b": 1, "c": 2}  # round half up per stratum: 2.5 -> 3
-    assert sorted(kept + held) == list(range(20)) and kept == sorted(kept) and held == sorted(held)
-    assert (kept, held) == held_out(keys, 0.25, np.random.default_rng(3))
-    kept, held = held_out(keys, 0.34, np.random.default_rng(3), whole_groups=True)
-    assert len({keys[r] for r in held}) == 1 and not {keys[r] for r in held} & {keys[r] for r in kept}
-    splits = {"train": list(range(20))}
-    assert carve_missing_splits(splits, {"test": 0.1, "validation": 0.0}, seed=0) == ["test"]
-    assert len(splits["test"]) == 2 and sorted(splits["train"] + splits["test"]) == list(range(20))
-    with pytest.raises(UserInputError, match=r"a 50% validation split of 1 training articles would leave an empty "
-                                             r"split — pass validation_file or change validation_fraction"):
-        carve_missing_splits({"train": [1, 2]}, {"validation": 0.5}, 0, keys=lambda rows: ["x"] * len(rows),
-                             whole_groups=True, unit="training articles")

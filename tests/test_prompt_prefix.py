@@ -138,6 +138,8 @@ def test_prompt_init_from_text_and_its_refusals(model_dirs):
     model = adapted("bert", PromptTuning(num_virtual_tokens=5, init_text="profit rose", tokenizer=model_dirs["bert"]))
     ids = tok(["profit rose profit rose profit"], add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     assert torch.equal(model.prompt_tuning.prompt, model.get_input_embeddings()(ids))
+    hparams, _ = PromptTuning(5, init_text="profit rose", tokenizer=model_dirs["bert"]).export_state(model)
+    assert hparams["init_args"]["init_text"] is None and hparams["init_args"]["tokenizer"] is None  # weights suffice
     std = model.get_input_embeddings().weight.std()
     random = adapted("bert", PromptTuning(num_virtual_tokens=50)).prompt_tuning.prompt
     assert 0.7 * std < random.std() < 1.3 * std
@@ -200,15 +202,36 @@ def test_prefix_init_text_starts_from_the_keys_and_values_of_that_text(family, r
     assert hparams["init_args"]["init_text"] is None and hparams["init_args"]["tokenizer"] is None
 
 
+def test_prefix_init_text_on_a_bare_encoder_stack(model_dirs):
+    """Heads that narrow T5 to its encoder: the probe must not pass decoder inputs to a model that has none."""
+    encoder = frozen("t5").get_encoder()
+    PrefixTuning(num_virtual_tokens=4, hidden=8, init_text=PREFIX_TEXT, tokenizer=model_dirs["t5"]).apply(encoder)
+    ids = torch.cat([real_tokens(build_tokenizer())] * 2, 1)[:, :4]
+    reference = frozen("t5").get_encoder()
+    PrefixTuning(num_virtual_tokens=4, reparameterize=False).apply(reference)
+    prefix_encoder(reference).set_key_values(capture_key_values(reference, input_ids=ids))
+    assert torch.allclose(prefix_encoder(encoder).folded(), prefix_encoder(reference).folded(), atol=1e-5, rtol=0)
+
+
 def test_prefix_init_text_refusals(model_dirs):
     with pytest.raises(UserInputError, match="prefix tuning init_text needs the tokenizer"):
         PrefixTuning(init_text=PREFIX_TEXT)
     with pytest.raises(UserInputError, match="init_text '' has no tokens"):
         adapted("gpt2", PrefixTuning(num_virtual_tokens=2, init_text="", tokenizer=model_dirs["gpt2"]))
-    with pytest.raises(UserInputError, match="cannot fit 6 prefix positions through an MLP of width 4 exactly — "
-                                             "use hidden >= 5 or reparameterize=False"):
-        adapted("gpt2", PrefixTuning(num_virtual_tokens=6, hidden=4, init_text=PREFIX_TEXT,
+    with pytest.raises(UserInputError, match="cannot fit 6 prefix positions through an MLP of width 11 stably — "
+                                             "use hidden >= 12 or reparameterize=False"):
+        adapted("gpt2", PrefixTuning(num_virtual_tokens=6, hidden=11, init_text=PREFIX_TEXT,
                                      tokenizer=model_dirs["gpt2"]))
+    vocab = int(real_tokens(build_tokenizer()).max())  # a model one embedding short of the text's largest id
+    with pytest.raises(UserInputError, match=f"gives token id {vocab}, beyond this model's {vocab} embeddings — set "
+                                             "tokenizer to the backbone's own"):
+        model = frozen("gpt2")
+        model.resize_token_embeddings(vocab)
+        PrefixTuning(num_virtual_tokens=2, init_text=PREFIX_TEXT, tokenizer=model_dirs["gpt2"]).apply(model)
+    with torch.device("meta"):
+        model = AutoModel.from_config(copy.deepcopy(CONFIGS["llama"]))
+    with pytest.raises(UserInputError, match="prefix tuning needs the model's real weights, not the meta device"):
+        PrefixTuning(num_virtual_tokens=2, init_text=PREFIX_TEXT, tokenizer=model_dirs["llama"]).apply(model)
     model = adapted("gpt2", PrefixTuning(num_virtual_tokens=2, hidden=8))
     with pytest.raises(UserInputError, match="has 2 attention layers but 0 key/value pairs"):
         prefix_encoder(model).set_key_values([])

@@ -14,7 +14,7 @@ epoch by the module: their ``compute`` may return a scalar or a flat dict of sca
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from torchmetrics import MetricCollection
 from transformers import AutoModel, PretrainedConfig
 
 from lightning_adapters.strategies.base import class_config
+
+Stage = Literal["val", "test"]  # the evaluation stage update_metrics is called in
 
 
 class TaskHead(nn.Module):
@@ -49,7 +51,7 @@ class TaskHead(nn.Module):
         raise NotImplementedError
 
     def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any],
-                       backbone: nn.Module, stage: str) -> None:
+                       backbone: nn.Module, stage: Stage) -> None:
         raise NotImplementedError
 
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:

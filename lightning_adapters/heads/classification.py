@@ -18,7 +18,7 @@ from transformers import PretrainedConfig
 
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import TaskHead, backbone_inputs
+from lightning_adapters.heads.base import Stage, TaskHead, backbone_inputs
 
 Pooling = Literal["auto", "first", "last", "mean"]
 
@@ -78,7 +78,7 @@ class ClassificationHead(TaskHead):
                                  "macro_f1": MulticlassF1Score(n, average="macro")})
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
-                       backbone: nn.Module, stage: str) -> None:
+                       backbone: nn.Module, stage: Stage) -> None:
         metrics.update(logits, batch["labels"])
 
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:

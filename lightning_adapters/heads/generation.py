@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import TaskHead
+from lightning_adapters.heads.base import Stage, TaskHead
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity
 
 METRICS = {"rouge": ROUGE, "bleu": BLEU, "perplexity": Perplexity}
@@ -154,7 +154,7 @@ class GenerationHead(TaskHead):
         return MetricCollection(built, compute_groups=False)
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
-                       backbone: nn.Module, stage: str) -> None:
+                       backbone: nn.Module, stage: Stage) -> None:
         names = set(metrics.keys(keep_base=True))
         if "perplexity" in names:
             metrics["perplexity"].update(*label_nll(logits, batch["labels"], causal=not self.encoder_decoder))

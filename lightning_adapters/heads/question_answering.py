@@ -20,7 +20,7 @@ from torchmetrics import MetricCollection
 from transformers import PretrainedConfig
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import TaskHead, backbone_inputs
+from lightning_adapters.heads.base import Stage, TaskHead, backbone_inputs
 from lightning_adapters.squad_metric import SquadMetric, best_spans, squad_scores
 
 
@@ -78,7 +78,7 @@ class QuestionAnsweringHead(TaskHead):
         return spans
 
     def update_metrics(self, metrics: MetricCollection, outputs: tuple[torch.Tensor, torch.Tensor],
-                       batch: dict[str, Any], backbone: nn.Module, stage: str) -> None:
+                       batch: dict[str, Any], backbone: nn.Module, stage: Stage) -> None:
         exact, f1, score = [], [], []
         for spans, answers in zip(self._spans(outputs, batch, 1), batch["answers"], strict=True):
             best_score, text = (spans[0][0], spans[0][1]) if spans else (float("-inf"), "")

@@ -25,7 +25,7 @@ from torchmetrics import Metric, MetricCollection
 from transformers import PretrainedConfig
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import TaskHead, backbone_inputs
+from lightning_adapters.heads.base import Stage, TaskHead, backbone_inputs
 
 
 def entity_types(label_names: list[str]) -> list[str]:
@@ -152,7 +152,7 @@ class TokenClassificationHead(TaskHead):
         return [[self.label_names[i] for i in row[:count]] for row, count in zip(best, counts, strict=True)]
 
     def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
-                       backbone: nn.Module, stage: str) -> None:
+                       backbone: nn.Module, stage: Stage) -> None:
         gold = batch["word_labels"]
         counts = (gold != -100).sum(1).tolist()
         targets = [[self.label_names[i] for i in row[:count]] for row, count in zip(gold.tolist(), counts, strict=True)]

@@ -5,7 +5,9 @@ r"""Prefix tuning: N trainable keys and values in front of every attention layer
 During training the prefixes come from a reparameterisation (Li & Liang): ``P = MLP(E)`` with a trainable
 ``E in R^{N x d_model}`` and ``MLP = Linear(d_model, hidden) -> tanh -> Linear(hidden, sum_i 2 d_i)`` shared by all
 layers. `PrefixTuning.fold` replaces the MLP by the plain tensor it computes (bit-identical outputs) for export.
-Prefix tuning is *not* the identity at initialisation: the random prefixes already take attention mass.
+Prefix tuning is *not* the identity at initialisation: the random prefixes already take attention mass. With
+``init_text`` they start as the keys and values the frozen model computes for a real text, as if that text came
+before every input (Li & Liang's initialisation from real words).
 
 The prefixes reach the layers through `prefix_attention` (one registered attention function, independent of
 transformers' cache classes; see there). This file holds what is learned and how: `PrefixEncoder`, the
@@ -35,6 +37,7 @@ from lightning_adapters.strategies.base import AdapterLayer, Strategy
 from lightning_adapters.strategies.prefix_attention import (
     ATTENTION_NAME,
     installed_slots,
+    probe_inputs,
     route_attention,
     run_without_prefix,
     trace_key_values,
@@ -125,7 +128,8 @@ class PrefixEncoder(AdapterLayer):
         real text with `capture_key_values` (Li & Liang's initialisation from real words).
 
         With the reparameterisation the MLP's output layer is solved for (least squares, minimum norm) so that
-        ``MLP(E)`` equals them: exact while ``N <= hidden + 1``, since the N hidden rows are then independent."""
+        ``MLP(E)`` equals them. That is exact once ``hidden >= N - 1``; ``hidden >= 2 N`` is required so that the
+        fit is well conditioned (near ``hidden = N`` the solved weights grow ~100-fold and training turns fragile)."""
         n = self.num_virtual_tokens
         if len(key_values) != len(self.shapes):
             raise UserInputError(f"prefix tuning has {len(self.shapes)} attention layers but {len(key_values)} "
@@ -135,9 +139,9 @@ class PrefixEncoder(AdapterLayer):
         if not self.reparameterize:
             self.prefix.copy_(target)
             return
-        if n > self.mlp_in.out_features + 1:
+        if self.mlp_in.out_features < 2 * n:
             raise UserInputError(f"prefix tuning cannot fit {n} prefix positions through an MLP of width "
-                                 f"{self.mlp_in.out_features} exactly — use hidden >= {n - 1} or reparameterize=False")
+                                 f"{self.mlp_in.out_features} stably — use hidden >= {2 * n} or reparameterize=False")
         hidden = torch.tanh(self.mlp_in(self.embedding)).double()
         design = torch.cat([hidden, torch.ones(n, 1, dtype=hidden.dtype, device=hidden.device)], dim=1)
         solution = torch.linalg.pinv(design) @ target.double()  # (hidden + 1) x width: weight^T over bias
@@ -154,8 +158,8 @@ class PrefixTuning(Strategy):
             training); `fold` turns them into plain tensors for export.
         hidden: width of the reparameterisation MLP.
         init_text: start from the keys and values the frozen model computes for this text's tokens (repeated or
-            truncated to N) instead of random prefixes — Li & Liang's initialisation from real words, which keeps
-            the pretrained attention undisturbed at step 0; default: random.
+            truncated to N) instead of random prefixes — as if that text came before every input (Li & Liang's
+            initialisation from real words); default: random.
         tokenizer: the tokenizer for ``init_text``: an alias, folder or hub id (usually the backbone's name).
     """
 
@@ -174,6 +178,9 @@ class PrefixTuning(Strategy):
     def apply(self, model: nn.Module) -> None:
         if any(isinstance(m, PrefixEncoder) for m in model.children()):
             raise UserInputError("the model already has prefix-tuning prefixes — apply PrefixTuning once")
+        if next(model.parameters()).device.type == "meta":  # shapes come from a forward pass on real weights
+            raise UserInputError("prefix tuning needs the model's real weights, not the meta device — load the model "
+                                 "before applying the strategy")
         slots = route_attention(model)
         shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in trace_key_values(model, slots)]
         device = next(model.parameters()).device
@@ -188,16 +195,9 @@ class PrefixTuning(Strategy):
         if is_decoder_only(model.config) and "position_ids" in encoder.arg_names:
             model.register_forward_pre_hook(encoder.place_after_prefix, with_kwargs=True)
         if self.init_text is not None:
-            encoder.set_key_values(capture_key_values(model, **self._init_inputs(model, device)))
-
-    def _init_inputs(self, model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
-        """``init_text``'s N tokens as model inputs (the decoder of an encoder-decoder reads them too)."""
-        ids = torch.tensor([init_token_ids("prefix tuning", self.init_text, self.tokenizer, self.num_virtual_tokens)],
-                           device=device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if getattr(model.config, "is_encoder_decoder", False):
-            inputs["decoder_input_ids"] = ids
-        return inputs
+            ids = init_token_ids("prefix tuning", self.init_text, self.tokenizer, self.num_virtual_tokens,
+                                 model.get_input_embeddings().num_embeddings)
+            encoder.set_key_values(capture_key_values(model, **probe_inputs(model, torch.tensor([ids], device=device))))
 
     def fold(self, model: nn.Module) -> None:
         """Fold the reparameterisation MLP into plain prefixes in place; `hparams` then say reparameterize=False,

@@ -133,14 +133,19 @@ def _install(index: int, module: nn.Module, inner: Callable, implementation: str
     return slot
 
 
+def probe_inputs(model: nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``ids`` (1 x n) as the inputs of one forward pass; an encoder-decoder's decoder reads them too."""
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "decoder_input_ids" in inspect.signature(model.forward).parameters:
+        inputs["decoder_input_ids"] = ids
+    return inputs
+
+
 def trace_key_values(model: nn.Module, slots: list[Slot]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One forward on 4 dummy tokens; every attention layer must report its key/value tensors."""
     device = next(model.parameters()).device
     ids = torch.arange(1, 5, device=device)[None] % (getattr(model.config, "vocab_size", None) or 5)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if "decoder_input_ids" in inspect.signature(model.forward).parameters:
-        inputs["decoder_input_ids"] = ids
-    return run_without_prefix(model, slots, inputs)
+    return run_without_prefix(model, slots, probe_inputs(model, ids))
 
 
 def run_without_prefix(model: nn.Module, slots: list[Slot], inputs: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:

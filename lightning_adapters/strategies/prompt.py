@@ -231,11 +231,14 @@ def check_init_text(method: str, init_text: str | None, tokenizer: str | None) -
                              "backbone's name (alias, folder or hub id)")
 
 
-def init_token_ids(method: str, init_text: str, tokenizer: str, n: int) -> list[int]:
+def init_token_ids(method: str, init_text: str, tokenizer: str, n: int, vocab_size: int) -> list[int]:
     """The ``n`` token ids an ``init_text`` initialisation starts from: its tokens, repeated or truncated to ``n``."""
     ids = load_tokenizer(tokenizer)(init_text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise UserInputError(f"{method} init_text {init_text!r} has no tokens — pass a non-empty text")
+    if max(ids) >= vocab_size:
+        raise UserInputError(f"{method}: the tokenizer '{tokenizer}' gives token id {max(ids)}, beyond this model's "
+                             f"{vocab_size} embeddings — set tokenizer to the backbone's own")
     return (ids * math.ceil(n / len(ids)))[:n]
 
 
@@ -277,5 +280,5 @@ class PromptTuning(Strategy):
         n, weight = self.num_virtual_tokens, embedding.weight
         if self.init_text is None:
             return torch.randn(n, weight.shape[1], device=weight.device) * weight.float().std()
-        ids = init_token_ids("prompt tuning", self.init_text, self.tokenizer, n)
+        ids = init_token_ids("prompt tuning", self.init_text, self.tokenizer, n, weight.shape[0])
         return embedding(torch.tensor(ids, device=weight.device)).float()

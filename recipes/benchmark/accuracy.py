@@ -43,6 +43,7 @@ import _report  # noqa: E402
 import strategies  # noqa: E402
 
 BENCHMARK = "accuracy"
+BACKBONE = "minilm"
 FULL, HOULSBY, PFEIFFER = "full fine-tuning", "bottleneck houlsby (ours)", "bottleneck pfeiffer (ours)"
 METHODS = [FULL, HOULSBY, PFEIFFER]  # the default set
 LR_FLAGS = {strategies.LORA: "lora_lr", strategies.IA3: "ia3_lr", strategies.PROMPT: "prompt_lr",
@@ -76,7 +77,7 @@ def default_specs(args: argparse.Namespace, task: str) -> dict[str, list[MethodS
     for method, text in ((strategies.PROMPT, args.prompt_init_text), (strategies.PREFIX, args.prefix_init_text)):
         if text is not None:  # start from this text's embeddings (prompt) / keys and values (prefix)
             for spec in specs[method]:
-                spec.options |= {"init_text": text, "tokenizer": "minilm"}
+                spec.options |= {"init_text": text, "tokenizer": BACKBONE}
     if args.prefix_plain:
         for spec in specs[strategies.PREFIX]:
             spec.options["reparameterize"] = False
@@ -174,7 +175,7 @@ def build_module(method: str, spec: MethodSpec, label_names: list[str]):
         strategy = strategies.ours(method, reduction_factor=spec.reduction_factor)
     else:
         strategy = strategies.ours(method, **spec.options)
-    module = AdapterModule(backbone="minilm", strategy=strategy, head=ClassificationHead(pooling="mean", dropout=0.1),
+    module = AdapterModule(backbone=BACKBONE, strategy=strategy, head=ClassificationHead(pooling="mean", dropout=0.1),
                            label_names=label_names, learning_rate=spec.lr, weight_decay=0.01, warmup_ratio=0.1)
     if method == FULL:
         module.backbone.requires_grad_(True)
@@ -183,12 +184,12 @@ def build_module(method: str, spec: MethodSpec, label_names: list[str]):
 
 class BestOnValidation(L.Callback):
     """After each validation, keep an in-memory copy of the trainable weights if ``monitor`` improved (higher is
-    better); ``history`` records the ``record`` metrics of every epoch (NaN when a metric is absent). ``percent``:
-    the factor that prints the monitored value in percent (1 for metrics that already are, e.g. SQuAD F1)."""
+    better); ``history`` records the ``record`` metrics of every epoch (NaN when a metric is absent). ``scale``
+    turns the monitored value into the percent that is printed (1 for metrics already in percent, e.g. SQuAD F1)."""
 
     def __init__(self, monitor: str = "val_accuracy", record: tuple[str, ...] = ("val_accuracy", "val_macro_f1"),
-                 percent: float = 100.0):
-        self.monitor, self.record, self.percent = monitor, record, percent
+                 scale: float = 100.0):
+        self.monitor, self.record, self.scale = monitor, record, scale
         self.best, self.best_epoch, self.state, self.history = -1.0, -1, None, []
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -197,7 +198,7 @@ class BestOnValidation(L.Callback):
         epoch, metrics = trainer.current_epoch + 1, trainer.callback_metrics
         self.history.append({"epoch": epoch} | {k: float(metrics.get(k, float("nan"))) for k in self.record})
         value = float(metrics[self.monitor])
-        print(f"  epoch {epoch}: {self.monitor} {self.percent * value:.2f}", flush=True)
+        print(f"  epoch {epoch}: {self.monitor} {self.scale * value:.2f}", flush=True)
         if value > self.best:
             self.best, self.best_epoch = value, epoch
             self.state = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}

@@ -88,7 +88,7 @@ def run_one(kind: str, lr: float, args: argparse.Namespace, test: bool = True) -
     start, cpu_start = time.perf_counter(), time.process_time()
     datamodule = make_datamodule(args)
     module = build_module(kind, lr)
-    best = BestOnValidation("val_f1", ("val_exact_match", "val_f1"), percent=1)  # SQuAD scores are in percent
+    best = BestOnValidation("val_f1", ("val_exact_match", "val_f1"), scale=1)  # SQuAD scores are in percent
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[best])

@@ -83,4 +83,4 @@ class SquadDataModule(QADataModule):
         if hub_dataset is not None and "test" not in self.splits and "validation" in self.splits:
             # SQuAD's hub "validation" is the official dev set: test on it, validate on carved training articles.
             self.splits["test"], self.sources["test"] = self.splits.pop("validation"), self.sources.pop("validation")
-            self.carve_missing_splits(validation_fraction, 0)
+            self._carve_articles(validation_fraction, 0)
