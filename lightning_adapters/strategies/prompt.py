@@ -186,9 +186,17 @@ def _arg_names(module: nn.Module) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+# The KV cache argument was ``past_key_values`` up to transformers 5.2x and is ``cache`` since; accept either.
+_CACHE_ARGS = ("cache", "past_key_values")
+
+
+def _kv_cache(inputs: dict[str, Any]) -> Any:
+    return next((inputs[key] for key in _CACHE_ARGS if inputs.get(key) is not None), None)
+
+
 def _cache_length(inputs: dict[str, Any]) -> int:
     """Positions already in the KV cache (0 without one, or for an empty cache that this call fills)."""
-    past = inputs.get("past_key_values")
+    past = _kv_cache(inputs)
     if past is None:
         return 0
     if not hasattr(past, "get_seq_length"):
@@ -210,7 +218,7 @@ def positions_along_mask(inputs: dict[str, Any], length: int, offset: int) -> tu
     if mask is not None and mask.dim() == 2:
         return offset + mask.long().cumsum(-1)[:, -length:] - 1, offset + mask.shape[1]
     tokens = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
-    past = inputs.get("past_key_values")
+    past = _kv_cache(inputs)
     start = offset + (past.get_seq_length() if past is not None else 0)
     return torch.arange(start, start + length, device=tokens.device)[None], start + length
 
