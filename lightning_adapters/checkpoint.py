@@ -2,43 +2,56 @@
 
 ``adapter_model.safetensors`` holds the trainable weights (adapter + head); ``adapter_config.json`` holds what is
 needed to rebuild the module on a fresh copy of the base model: strategy and head configs, label names and the base
-model's identity, which is checked before any weight is loaded.
+model's identity, which is checked before any weight is loaded; ``README.md`` is the model card. The folder changes
+as a whole (`replace_folder`): a failed save leaves the previous adapter as it was. Loading builds only classes it
+knows (`lightning_adapters.registry`): a folder never makes us import a module it names.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lightning_adapters.atomic import atomic_write
+from lightning_adapters.atomic import interrupted_save, replace_folder
 from lightning_adapters.backbone import check_fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
+from lightning_adapters.model_card import CARD_NAME, model_card
 from lightning_adapters.module import AdapterModule
+from lightning_adapters.registry import build_from_config, fits, kind_name
 from lightning_adapters.strategies import Strategy
-from lightning_adapters.strategies.base import build_from_config
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "lightning-adapters/1"
+ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME}  # all an existing folder may hold to be replaced
+_REQUIRED = ("backbone", "strategy", "head", "base_model")
+_KINDS = {"backbone": str, "strategy": dict, "head": dict, "base_model": dict, "label_names": list[str] | None,
+          "dtype": str | None}
 
 
-def save_adapter(module: AdapterModule, folder: str | os.PathLike) -> Path:
-    """Write the adapter folder; each file is written to a temporary name first, so a crash leaves no half file."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def save_adapter(module: AdapterModule, folder: str | os.PathLike, card: dict | None = None) -> Path:
+    """Write ``module``'s adapter folder: weights, config and model card, replacing an existing one as a whole.
+
+    Args:
+        module: the trained module.
+        folder: the folder, created if needed; an existing one may hold only an adapter folder's files.
+        card: optional model-card fields: ``data``, ``license``, ``command`` (strings), ``metrics`` (name -> value).
+    """
     strategy_config, adapter = module.strategy.export_state(module.backbone)
     state = {f"backbone.{name}": tensor for name, tensor in adapter.items()}
     # parameters, not state_dict(): under FSDP2 state_dict() hands out shards even inside module.full_weights()
     state.update({f"head.{name}": param for name, param in module.head.named_parameters()})
     config = {
         "format": FORMAT,
-        "backbone": module.backbone_name,
+        "backbone": module.backbone_name,  # as given: an alias stays an alias, not this machine's install path
         "dtype": module.dtype_name,
         "strategy": strategy_config,
         "head": module.head.hparams(),
@@ -46,21 +59,44 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike) -> Path:
         "base_model": module.base_fingerprint,
     }
     weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
-    atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(weights, path, metadata={"format": FORMAT}))
-    atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config, indent=2) + "\n"))
-    return folder
+    text = model_card(module, module.backbone_name, strategy_config, card)  # a bad card field: nothing written
+
+    def write(tmp: Path) -> None:
+        save_file(weights, tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(text)
+
+    return replace_folder(folder, write, ADAPTER_FILES)
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """Parse a JSON file from an adapter folder; malformed or absurdly nested JSON is one line naming ``fix``."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"'{path}' is not valid JSON ({err}) — {fix}") from err
+    except RecursionError as err:  # the parser recurses once per nesting level
+        raise UserInputError(f"'{path}' nests too deeply to be an adapter config — {fix}") from err
 
 
 def read_adapter_config(folder: str | os.PathLike) -> dict:
     path = Path(folder) / CONFIG_NAME
     if not path.is_file():
-        raise UserInputError(f"no {CONFIG_NAME} in '{folder}' — pass a folder written by save_adapter()")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserInputError(f"'{path}' is not valid JSON ({err}) — the adapter folder is corrupt") from err
+        aside = interrupted_save(folder)
+        fix = (f"an interrupted save left the previous adapter in '{aside}': rename it to '{folder}'" if aside
+               else "pass a folder written by save_adapter()")
+        raise UserInputError(f"no {CONFIG_NAME} in '{folder}' — {fix}")
+    config = read_json(path, "the adapter folder is corrupt; save the adapter again")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise UserInputError(f"'{path}' is not a {FORMAT} adapter config — pass a folder written by save_adapter()")
+    missing = [key for key in _REQUIRED if key not in config]
+    if missing:
+        raise UserInputError(f"'{path}' has no {', '.join(missing)} — the adapter folder is corrupt; save the "
+                             "adapter again")
+    wrong = [key for key, kind in _KINDS.items() if key in config and not fits(config[key], kind)]
+    if wrong:
+        raise UserInputError(f"'{path}': {wrong[0]} should be {kind_name(_KINDS[wrong[0]])}, not "
+                             f"{type(config[wrong[0]]).__name__} — the adapter folder is corrupt; save it again")
     return config
 
 
@@ -75,20 +111,24 @@ def read_adapter_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
                              "corrupt; export it again") from err
 
 
-def load_adapter(folder: str | os.PathLike, backbone: str | None = None, dtype: str | None = None) -> AdapterModule:
+def load_adapter(folder: str | os.PathLike, backbone: str | None = None, dtype: str | None = None,
+                 allowed_classes: Iterable[type] = ()) -> AdapterModule:
     """Rebuild a trained `AdapterModule` from an adapter folder onto a fresh base model.
 
     Args:
         folder: a folder written by `save_adapter`.
         backbone: the base model to load (default: the one recorded in the folder); it must be the same model.
         dtype: dtype of the frozen base (default: the recorded one).
+        allowed_classes: your own strategy or head classes the folder may name, besides ours and those passed to
+            `lightning_adapters.register_adapter_class`. Nothing else is built, and no module is ever imported.
     """
     config = read_adapter_config(folder)
+    allowed = list(allowed_classes)
     return AdapterModule(
         backbone=backbone or config["backbone"],
-        strategy=build_from_config(config["strategy"], Strategy, "strategy"),
-        head=build_from_config(config["head"], TaskHead, "head"),
-        label_names=config["label_names"],
+        strategy=build_from_config(config["strategy"], Strategy, "strategy", allowed),
+        head=build_from_config(config["head"], TaskHead, "head", allowed),
+        label_names=config.get("label_names"),
         dtype=dtype if dtype is not None else config.get("dtype"),
         adapter=str(folder),
     )

@@ -1,4 +1,4 @@
-"""Hugging Face PEFT folders: export our LoRA, IA3 and prompt tuning; import PEFT's LoRA, IA3 and prompt tuning.
+"""Hugging Face PEFT folders: export our LoRA, IA3 and prompt tuning; import PEFT's (`peft_import`, re-exported here).
 
 `export_peft` writes what ``PeftModel.from_pretrained(base, folder)`` reads: ``adapter_config.json`` in PEFT's schema
 and ``adapter_model.safetensors`` under PEFT's key names: ``base_model.model.<module path>.lora_A.weight`` /
@@ -13,49 +13,57 @@ positions along the mask there). Our task head PEFT cannot run; it travels besid
 ``base_model.`` for prompt learning), listed in ``modules_to_save``; PEFT finds no such module and leaves it alone.
 The name is deliberately unusual: PEFT matches ``modules_to_save`` by plain suffix (``head`` would match ``lm_head``).
 
-`import_peft` reads a folder as (strategy, weights), `load_peft` builds the module and checks every weight. IA3 layers
-come from the stored vectors themselves (full paths; feed-forward = PEFT's ``(1, in)`` shape), so PEFT's matching
-rules (suffixes, ``layers_to_transform``...) need no re-implementation.
+The folder is written as a whole, as `save_adapter` writes its own (`replace_folder`: a failed export leaves the old
+folder as it was, and no file is written through a symlink), with a model card; the base model is recorded by the
+name the user gave when that is an alias (``minilm``, not the install path), and its fingerprint travels in the
+safetensors metadata, where `load_peft` checks it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.pytorch_utils import Conv1D
 
-from lightning_adapters.backbone import resolve
+from lightning_adapters.atomic import replace_folder
+from lightning_adapters.backbone import alias_for, resolve
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads import TaskHead
+from lightning_adapters.model_card import CARD_NAME, model_card
 from lightning_adapters.module import AdapterModule
-from lightning_adapters.strategies import IA3, Lora, PromptTuning, Strategy
+from lightning_adapters.peft_import import (
+    CONFIG_NAME,
+    FINGERPRINT_KEY,
+    HEAD_MODULE,
+    HEAD_PREFIX,
+    PEFT_PREFIX,
+    PROMPT_KEY,
+    PROMPT_PREFIX,
+    WEIGHTS_NAME,
+    import_peft,
+    load_peft,
+)
+from lightning_adapters.strategies import IA3, Lora, PromptTuning
 from lightning_adapters.strategies.base import adapter_layers
-from lightning_adapters.strategies.ia3 import FUSED_QKV
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."  # LoRA/IA3: PeftModel.base_model (the tuner) .model (the HF model)
-PROMPT_PREFIX = "base_model."  # prompt learning: PeftModel.base_model is the HF model itself
-HEAD_MODULE = "lightning_adapters_head"
-HEAD_PREFIX = f"{PEFT_PREFIX}{HEAD_MODULE}."
-PROMPT_KEY = "prompt_embeddings"
+__all__ = ["CONFIG_NAME", "FINGERPRINT_KEY", "HEAD_MODULE", "HEAD_PREFIX", "PEFT_PREFIX", "PROMPT_KEY", "PROMPT_PREFIX",
+           "TASK_TYPES", "WEIGHTS_NAME", "export_peft", "import_peft", "load_peft"]
 # head.auto_class -> the PEFT task whose forward prepends the prompt to the (encoder) input as ours does
 TASK_TYPES = {AutoModel: "FEATURE_EXTRACTION", AutoModelForCausalLM: "CAUSAL_LM", AutoModelForSeq2SeqLM: "SEQ_2_SEQ_LM"}
 
 
-def export_peft(module: AdapterModule, folder: str | os.PathLike) -> Path:
+def export_peft(module: AdapterModule, folder: str | os.PathLike, card: dict | None = None) -> Path:
     """Write ``module``'s LoRA, IA3 or prompt-tuning adapter (and head) as a PEFT adapter folder.
 
     Args:
         module: a module whose strategy is `Lora`, `IA3` (layers not merged) or `PromptTuning`.
-        folder: the output folder, created if needed.
+        folder: the output folder, created if needed; an existing one may hold only an adapter folder's files.
+        card: optional model-card fields, as for `save_adapter`.
     """
     strategy = module.strategy
     if isinstance(strategy, PromptTuning):
@@ -65,17 +73,22 @@ def export_peft(module: AdapterModule, folder: str | os.PathLike) -> Path:
     else:
         raise UserInputError(f"export_peft supports Lora, IA3 and PromptTuning, not {type(strategy).__name__} — use "
                              "save_adapter() for the lightning-adapters format")
+    base = alias_for(module.backbone.config.name_or_path) or module.backbone_name
     config = {"peft_type": config.pop("peft_type"), "task_type": config.pop("task_type", None),
-              "base_model_name_or_path": module.backbone.config.name_or_path or module.backbone_name,
-              "revision": None, "inference_mode": True, "modules_to_save": [HEAD_MODULE], **config}
+              "base_model_name_or_path": base, "revision": None, "inference_mode": True,
+              "modules_to_save": [HEAD_MODULE], **config}
     head = {f"{prefix}{HEAD_MODULE}.{key.removeprefix('head.')}": value for key, value in module.state_dict().items()
             if key.startswith("head.")}
     tensors = {key: value.detach().float().contiguous().cpu() for key, value in {**weights, **head}.items()}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    return folder
+    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(module.base_fingerprint)}
+    text = model_card(module, base, strategy.hparams(), card, library="peft")
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata=metadata)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(text)
+
+    return replace_folder(folder, write, {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME})
 
 
 def _prompt_entries(module: AdapterModule) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -154,104 +167,3 @@ def _suffixes(wrapped: list[str], all_names: list[str]) -> list[str]:
         if suffix not in found:
             found.append(suffix)
     return found
-
-
-def import_peft(folder: str | os.PathLike) -> tuple[Strategy, dict[str, torch.Tensor]]:
-    """Read a PEFT LoRA, IA3 or prompt-tuning folder (``save_pretrained`` output, or ours) as our strategy and its
-    weights under our names (``backbone.…``, ``head.…``); `load_peft` builds the module and checks them.
-
-    A head exists only in folders that `export_peft` wrote; PEFT's own ``modules_to_save`` weights (e.g. HF's
-    ``classifier``) pool differently from our heads and are skipped with a warning. LoRA/IA3 module paths are taken
-    as they are: the folder must come from the class our backbone is (`AutoModel`, not ``...ForCausalLM``; not a whole
-    T5 for our T5 encoder). A prompt has no paths: PEFT's T5 prompts import into our T5 encoder backbone.
-    """
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        raw = load_file(folder / WEIGHTS_NAME)
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"'{folder}' is not a readable PEFT adapter folder ({err})") from err
-    kind = config.get("peft_type")
-    if kind not in _READERS:
-        raise UserInputError(f"'{folder}' holds a {kind} adapter; import_peft reads {', '.join(_READERS)} only — "
-                             "load it with PEFT")
-    read, prefix = _READERS[kind]
-    strategy, adapter = read(config, raw, folder)
-    head_prefix = f"{prefix}{HEAD_MODULE}."
-    state = {ours: value for ours, value in adapter.values()}
-    state.update({"head." + key.removeprefix(head_prefix): value for key, value in raw.items()
-                  if key.startswith(head_prefix)})
-    skipped = [key for key in raw if key not in adapter and not key.startswith(head_prefix)]
-    if skipped:
-        warnings.warn(f"{len(skipped)} weights of '{folder}' have no place in our module and are skipped "
-                      f"(e.g. {skipped[:2]}); train a new head on top of the imported adapter", stacklevel=2)
-    return strategy, state
-
-
-def load_peft(folder: str | os.PathLike, backbone: str, label_names: list[str] | None = None,
-              head: TaskHead | None = None, dtype: str | None = None) -> AdapterModule:
-    """An `AdapterModule` on ``backbone`` with a PEFT folder's adapter (and our head, if it holds one), every weight
-    checked by name and shape, so a folder from another base model is refused. PEFT's own folders hold no head of
-    ours: the new head keeps its fresh initialisation — train it."""
-    strategy, state = import_peft(folder)
-    module = AdapterModule(backbone, strategy=strategy, head=head, label_names=label_names, dtype=dtype)
-    if not any(key.startswith("head.") for key in state):
-        state.update({f"head.{name}": param.detach() for name, param in module.head.named_parameters()})
-    module.check_trainable_state(state, f"PEFT folder '{folder}'")
-    module.load_state_dict(state, strict=False)
-    return module
-
-
-_Read = dict[str, tuple[str, torch.Tensor]]  # PEFT key -> (our key, tensor)
-
-
-def _read_lora(config: dict, raw: dict[str, torch.Tensor], folder: Path) -> tuple[Lora, _Read]:
-    unsupported = {"use_dora": bool(config.get("use_dora")), "rank_pattern": bool(config.get("rank_pattern")),
-                   "alpha_pattern": bool(config.get("alpha_pattern")), "bias": config.get("bias", "none") != "none",
-                   "layers_to_transform": config.get("layers_to_transform") is not None,
-                   "target_parameters": bool(config.get("target_parameters"))}
-    used = [name for name, on in unsupported.items() if on]
-    if used:  # refuse rather than load something different
-        raise UserInputError(f"'{folder}' uses PEFT LoRA options we do not implement ({', '.join(used)}) — "
-                             "retrain without them or load it with PEFT")
-    strategy = Lora(r=int(config["r"]), alpha=config["lora_alpha"], dropout=float(config.get("lora_dropout", 0)),
-                    target_modules=config["target_modules"], exclude_modules=config.get("exclude_modules"),
-                    use_rslora=bool(config.get("use_rslora", False)))
-    return strategy, {key: ("backbone." + key.removeprefix(PEFT_PREFIX), value) for key, value in raw.items()
-                      if ".lora_A." in key or ".lora_B." in key}
-
-
-def _read_ia3(config: dict, raw: dict[str, torch.Tensor], folder: Path) -> tuple[IA3, _Read]:
-    """The wrapped modules are the stored vectors' paths; PEFT's ``(1, in)`` vectors scale inputs (feed-forward)."""
-    vectors = {key.removeprefix(PEFT_PREFIX).removesuffix(".ia3_l"): value for key, value in raw.items()
-               if key.startswith(PEFT_PREFIX) and key.endswith(".ia3_l")}
-    if not vectors:
-        raise UserInputError(f"'{folder}' holds no IA3 vectors (no '<module>.ia3_l' weights) — the adapter file is "
-                             "incomplete")
-    feedforward = [name for name, vector in vectors.items() if vector.dim() == 2 and vector.shape[0] == 1]
-    adapter = {}
-    for name, vector in vectors.items():
-        flat = vector.reshape(-1)
-        if name not in feedforward and name.rpartition(".")[2] in FUSED_QKV and flat.numel() % 3 == 0:
-            queries, flat = flat.split([flat.numel() // 3, 2 * flat.numel() // 3])
-            if not torch.equal(queries, torch.ones_like(queries)):
-                raise UserInputError(f"'{folder}' scales the queries of the fused projection '{name}'; our IA3 scales "
-                                     "its keys and values only, as the paper does — load the folder with PEFT")
-        adapter[f"{PEFT_PREFIX}{name}.ia3_l"] = (f"backbone.{name}.ia3_l", flat)
-    return IA3(target_modules=list(vectors), feedforward_modules=feedforward), adapter
-
-
-def _read_prompt(config: dict, raw: dict[str, torch.Tensor], folder: Path) -> tuple[PromptTuning, _Read]:
-    """PEFT's seq2seq prompt tuning stores 2N rows (``num_transformer_submodules`` 2) but feeds only the first N to
-    the encoder and none to the decoder, in forward and in generate: those N rows are the prompt."""
-    n, submodules = config.get("num_virtual_tokens"), config.get("num_transformer_submodules") or 1
-    prompt = raw.get(PROMPT_KEY)
-    if not isinstance(n, int) or prompt is None or prompt.dim() != 2 or prompt.shape[0] != n * submodules:
-        raise UserInputError(f"'{folder}' has no '{PROMPT_KEY}' of num_virtual_tokens x num_transformer_submodules = "
-                             f"{n} x {submodules} rows — the adapter folder is incomplete or corrupt")
-    # No init_text: the stored prompt replaces any initialisation (and no tokenizer has to be found).
-    return PromptTuning(num_virtual_tokens=n), {PROMPT_KEY: ("backbone.prompt_tuning.prompt", prompt[:n])}
-
-
-_READERS = {"LORA": (_read_lora, PEFT_PREFIX), "IA3": (_read_ia3, PEFT_PREFIX),
-            "PROMPT_TUNING": (_read_prompt, PROMPT_PREFIX)}

@@ -92,7 +92,7 @@ def test_two_process_ddp_equals_one_process(strategy, parallel, workdir, bert_wi
     # rank 0 alone exports, once, and leaves no temporary file behind
     assert out.count("adapter saved to") == 1, out
     files = {p.name for p in (workdir / f"adapter-{two_tag}").iterdir()}
-    assert files == {"adapter_config.json", "adapter_model.safetensors"}
+    assert files == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
 
     want = load_file(workdir / f"adapter-{strategy}-1" / "adapter_model.safetensors")
     got = load_file(workdir / f"adapter-{two_tag}" / "adapter_model.safetensors")

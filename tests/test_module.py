@@ -43,7 +43,7 @@ def test_adapter_folder_round_trip_reproduces_logits_exactly(family, model_dirs,
     batch = sample_batch(build_tokenizer())
     expected = module(batch)
     save_adapter(module, tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
     reloaded = load_adapter(tmp_path / "adapter").eval()
     assert torch.equal(reloaded(batch), expected)
     assert reloaded.label_names == LABELS

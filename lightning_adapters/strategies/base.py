@@ -2,13 +2,13 @@
 
 A *strategy* turns a frozen Hugging Face model into a trainable one by injecting small modules. Everything generic
 lives here, once: matching target names (PEFT's semantics), replacing a submodule, finding adapter weights *by
-structure* (the `AdapterLayer` marker class, never name substrings) and building a strategy back from its saved
-config. Each method (bottleneck, LoRA, ...) is one small file next to this one.
+structure* (the `AdapterLayer` marker class, never name substrings) and the config a strategy is saved as
+(`lightning_adapters.registry` builds it back, from known classes only). Each method (bottleneck, LoRA, ...) is one
+small file next to this one.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 from abc import ABC, abstractmethod
@@ -17,8 +17,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-from lightning_adapters.errors import UserInputError
 
 
 class AdapterLayer(nn.Module):
@@ -53,7 +51,7 @@ class Strategy(ABC):
         """Inject adapter layers into ``model`` in place; the base weights are already frozen."""
 
     def hparams(self) -> dict:
-        """``{"class_path", "init_args"}`` — enough to rebuild this strategy with `build_from_config`."""
+        """``{"class_path", "init_args"}`` — enough to rebuild this strategy (`registry.build_from_config`)."""
         return class_config(self)
 
     def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -62,25 +60,15 @@ class Strategy(ABC):
         return self.hparams(), adapter_state_dict(model)
 
 
+def class_path(cls: type) -> str:
+    """The dotted path a config names ``cls`` by (what `lightning_adapters.registry` looks classes up with)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def class_config(obj: object) -> dict:
     """The jsonargparse-style config of ``obj``: its class path and the constructor arguments it stored."""
     names = [n for n in inspect.signature(type(obj).__init__).parameters if n != "self"]
-    return {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}",
-            "init_args": {name: getattr(obj, name) for name in names}}
-
-
-def build_from_config(config: dict, expected: type, what: str):
-    """Instantiate ``config["class_path"]`` with its ``init_args``, refusing anything that is not an ``expected``."""
-    class_path = config.get("class_path", "")
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UserInputError(f"{what} class '{class_path}' cannot be imported — install the package that defines "
-                             "it or fix the adapter config") from err
-    if not (isinstance(cls, type) and issubclass(cls, expected)):
-        raise UserInputError(f"'{class_path}' is not a {expected.__name__} — the adapter config is corrupt")
-    return cls(**config.get("init_args", {}))
+    return {"class_path": class_path(type(obj)), "init_args": {name: getattr(obj, name) for name in names}}
 
 
 def match_target(name: str, targets: str | list[str]) -> bool:
