@@ -17,7 +17,11 @@ from transformers import DataCollatorWithPadding
 
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import EpochShuffleSampler, SplitDataModule  # noqa: F401 — EpochShuffleSampler: re-export
+from lightning_adapters.loading import (  # noqa: F401 — EpochShuffleSampler: re-export
+    EpochShuffleSampler,
+    SplitDataModule,
+    row_ids,
+)
 from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids, load_hub_splits
 from lightning_adapters.splits import carve_missing_splits
 
@@ -40,21 +44,28 @@ def existing_file(option: str, name: str) -> Path:
     return path
 
 
-def _rows_of(split: tuple[list[str], list[int]], rows: list[int]) -> tuple[list[str], list[int]]:
-    texts, labels = split
-    return [texts[r] for r in rows], [labels[r] for r in rows]
+Split = tuple[list[str], list[int] | None, list[Any]]  # texts, label ids (None: unlabelled), row ids
+
+
+def _rows_of(split: Split, rows: list[int]) -> Split:
+    texts, labels, ids = split
+    return [texts[r] for r in rows], None if labels is None else [labels[r] for r in rows], [ids[r] for r in rows]
 
 
 class TextCollator:
-    """Dynamic padding (each batch as wide as its longest input, the tokenizer's pad token and side), plus raw texts."""
+    """Dynamic padding (each batch as wide as its longest input, the tokenizer's pad token and side); prediction
+    batches also carry the raw ``text`` and each example's ``meta`` (row id, gold label)."""
+
+    RAW = ("text", "meta")  # not padded: passed through as lists
 
     def __init__(self, tokenizer, with_text: bool = False) -> None:
         self.pad, self.with_text = DataCollatorWithPadding(tokenizer, return_tensors="pt"), with_text
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = dict(self.pad([{k: v for k, v in item.items() if k != "text"} for item in items]))
+        batch = dict(self.pad([{k: v for k, v in item.items() if k not in self.RAW} for item in items]))
         if self.with_text:
             batch["text"] = [item["text"] for item in items]
+            batch["meta"] = [item.get("meta") or {} for item in items]
         return batch
 
 
@@ -66,7 +77,8 @@ class TextClassificationDataModule(SplitDataModule):
         train_file: training file (.csv, .tsv, .jsonl/.json lines, .parquet).
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
-        predict_file: texts to predict (a label column is optional); the test split when missing.
+        predict_file: texts to predict (a label column is optional); the test split when missing. Prediction rows
+            hold ``id`` (the file's ``id`` column, else the 0-based row index) and, given labels, ``gold_label``.
         hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
         hub_config: configuration name of ``hub_dataset``.
         text_column: column holding the input text.
@@ -105,7 +117,7 @@ class TextClassificationDataModule(SplitDataModule):
             if not table.lines:
                 raise UserInputError(f"{table.source} is empty (no data rows) — pass data with a header and rows")
         self.label_names: list[str] = self._label_names(tables, label_names, class_names)
-        self.splits: dict[str, tuple[list[str], list[int] | None]] = {
+        self.splits: dict[str, Split] = {
             split: self._examples(table, labelled=split != "predict") for split, table in tables.items()}
         carve_missing_splits(self.splits, {"test": self.test_fraction, "validation": self.validation_fraction},
                              self.seed, keys=lambda split: split[1], take=_rows_of)
@@ -150,33 +162,36 @@ class TextClassificationDataModule(SplitDataModule):
                                  "or label_names")
         return infer_label_names(tables["train"].column(self.label_column, "label_column"))
 
-    def _examples(self, table: Table, labelled: bool) -> tuple[list[str], list[int] | None]:
+    def _examples(self, table: Table, labelled: bool) -> Split:
         texts = ["" if is_missing(v) else str(v) for v in table.column(self.text_column, "text_column")]
         blank = next((row for row, text in enumerate(texts) if not text.strip()), None)
         if blank is not None:
             raise UserInputError(f"{table.where(blank)}: empty text in column '{self.text_column}' — fill it in or "
                                  "remove the row")
+        ids = row_ids(table.columns, len(texts))
         if not labelled and self.label_column not in table.columns:
-            return texts, None
-        return texts, label_ids(table.column(self.label_column, "label_column"), table, self.label_names)
+            return texts, None, ids
+        return texts, label_ids(table.column(self.label_column, "label_column"), table, self.label_names), ids
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name)
-        for split, (texts, labels) in self.splits.items():
+        for split, (texts, labels, ids) in self.splits.items():
             if split in self._datasets:
                 continue
             encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
-            items = [{"input_ids": ids, "attention_mask": mask, "text": text}
-                     for ids, mask, text in zip(encoded["input_ids"], encoded["attention_mask"], texts, strict=True)]
+            items = [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
+                     for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
+                                                        strict=True)]
             for item, label in zip(items, labels or [None] * len(items), strict=True):
                 if label is not None:  # predict files may come without labels
                     item["labels"] = label
+                    item["meta"]["gold_label"] = self.label_names[label]
             self._datasets[split] = items
-        sizes = ", ".join(f"{split} {len(texts):,}" for split, (texts, _) in self.splits.items())
+        sizes = ", ".join(f"{split} {len(split_rows[0]):,}" for split, split_rows in self.splits.items())
         rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels")
 
     def collator(self, stage: str) -> TextCollator:
-        """Prediction batches also carry the raw ``text`` for prediction writers."""
+        """Prediction batches also carry the raw ``text`` and ``meta`` for prediction writers."""
         return TextCollator(self.tokenizer, with_text=stage == "predict")

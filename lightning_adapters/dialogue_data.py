@@ -26,7 +26,7 @@ from lightning_adapters.backbone import load_tokenizer
 from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
-from lightning_adapters.loading import SplitDataModule
+from lightning_adapters.loading import SplitDataModule, row_ids
 from lightning_adapters.readers import READERS, Table, is_missing
 from lightning_adapters.splits import carve_missing_splits
 
@@ -43,6 +43,7 @@ class Dialogue:
     where: str  # e.g. "train_file 'a.jsonl' line 3", for error messages
     meta: dict[str, str] = field(default_factory=dict)
     stratum: str = ""
+    row_id: Any = None  # the file's ``id`` value, else the 0-based row index (kept when carved into another split)
 
 
 def parse_messages(value: Any, where: str, aliases: dict[str, str]) -> list[dict[str, str]]:
@@ -97,7 +98,7 @@ class DialogueDataModule(SplitDataModule):
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
         predict_file: dialogues to answer; the last turn may be a user turn (no reference). The test split when
-            missing.
+            missing. Prediction rows hold ``id`` (the file's ``id`` column, else the 0-based row index).
         messages_column: column holding the turn list; when a file lacks it, rows are single exchanges read from
             ``instruction_column`` and ``response_column``.
         instruction_column: the user's message of a single-exchange row.
@@ -168,9 +169,10 @@ class DialogueDataModule(SplitDataModule):
         table = reader(path, f"{option} '{name}'")
         if not table.lines:
             raise UserInputError(f"{table.source} is empty (no data rows) — pass data with a header and rows")
-        return [self._dialogue(table, row, split) for row in range(len(table.lines))]
+        ids = row_ids(table.columns, len(table.lines))
+        return [self._dialogue(table, row, split, ids[row]) for row in range(len(table.lines))]
 
-    def _dialogue(self, table: Table, row: int, split: str) -> Dialogue:
+    def _dialogue(self, table: Table, row: int, split: str, row_id: Any = None) -> Dialogue:
         where, columns = table.where(row), table.columns
         if self.messages_column in columns:
             turns = parse_messages(columns[self.messages_column][row], where, self.role_aliases)
@@ -193,7 +195,7 @@ class DialogueDataModule(SplitDataModule):
                 for c in self.meta_columns if split != "predict" or c in columns}
         stratum = str(table.column(self.stratify_column, "stratify_column")[row]) if (
             self.stratify_column and split == "train") else ""
-        return Dialogue(turns, where, meta, stratum)
+        return Dialogue(turns, where, meta, stratum, row_id)
 
     def _template(self, choice: str) -> str:
         own = getattr(self.tokenizer, "chat_template", None)
@@ -272,7 +274,7 @@ class DialogueDataModule(SplitDataModule):
         return {"input_ids": ids[:cut], "labels": labels[:cut], "prompt_ids": ids[:prompt][-cut:],
                 "references": last["content"].strip() if last["role"] == "assistant" else None,
                 "source": next(t["content"] for t in reversed(dialogue.messages) if t["role"] == "user"),
-                "meta": dialogue.meta}
+                "meta": {"id": dialogue.row_id, **dialogue.meta}}
 
     # ---- batching ------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

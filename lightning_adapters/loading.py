@@ -9,6 +9,10 @@
   prepared splits). The position travels in the DataModule's ``state_dict``, which Lightning always saves and
   restores; Lightning 2.6 skips restoring a *loader's* own state when ``configure_optimizers`` reads
   ``trainer.estimated_stepping_batches``, as ours does (Lightning issue #20550).
+
+Prediction rows must be traceable to their input: every DataModule gives each example a ``meta`` dict that its predict
+batches carry (batch key ``meta``, one per example) and the heads start their rows with: the row ``id`` (`row_ids`)
+and, where the split is labelled, the gold answer (``gold_label``, ``gold_tags``, ``gold_answers``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.readers import is_missing
+
+ID_COLUMN = "id"  # a column of this name holds the rows' own ids
+
+
+def row_ids(columns: dict[str, list[Any]], count: int, id_column: str | None = None) -> list[Any]:
+    """Each row's id: its value in ``id_column`` (default: an ``id`` column when there is one), else its 0-based
+    index in the file. Rows keep their id when carved into another split, so it always points into their file."""
+    column = id_column or ID_COLUMN
+    if column not in columns:
+        return list(range(count))
+    return [None if is_missing(value) else value for value in columns[column][:count]]  # NaN is not JSON
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):

@@ -74,11 +74,17 @@ def encode_features(tokenizer, examples: list[QAExample], max_length: int, strid
     return features
 
 
+def example_meta(example: QAExample) -> dict[str, Any]:
+    """What a prediction row starts with: the question id and, when the split has them, its gold answers."""
+    return {"id": example.id, **({"gold_answers": list(example.answers)} if example.answers else {})}
+
+
 class QACollator:
     """Right-pads a list of features (or of questions, each a list of its features) into one batch.
 
     Right padding for every model: position i of the logits is token i of the feature, and causal decoders never
-    attend to the padding after the text. Raw strings (id, question, context, answers) and offsets ride along.
+    attend to the padding after the text. Raw strings (id, question, context, answers), offsets and each feature's
+    ``meta`` (`example_meta`) ride along.
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -98,6 +104,7 @@ class QACollator:
         batch["offsets"] = [f["offsets"] for f in features]
         for key in ("id", "question", "context", "answers"):
             batch[key] = [getattr(f["example"], key) for f in features]
+        batch["meta"] = [example_meta(f["example"]) for f in features]
         return batch
 
 
@@ -112,7 +119,8 @@ class QADataModule(SplitDataModule):
         train_file: SQuAD JSON training file.
         validation_file: SQuAD JSON validation file; carved from the training articles when missing.
         test_file: SQuAD JSON test file; carved from the training articles when missing.
-        predict_file: SQuAD JSON questions to answer (answers optional); the test split when missing.
+        predict_file: SQuAD JSON questions to answer (answers optional); the test split when missing. Prediction
+            rows hold the question ``id`` and, where answers are given, ``gold_answers``.
         hub_dataset: Hugging Face dataset id in the SQuAD schema (needs network); local files override its splits.
         hub_config: configuration name of ``hub_dataset``.
         validation_fraction: share of the training articles (after the test split) held out for validation.

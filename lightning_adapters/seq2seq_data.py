@@ -27,7 +27,7 @@ from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
 from lightning_adapters.data import SPLITS, check_limits, existing_file
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
-from lightning_adapters.loading import SplitDataModule
+from lightning_adapters.loading import ID_COLUMN, SplitDataModule, row_ids
 from lightning_adapters.readers import READERS, Table, is_missing, load_hub_splits
 from lightning_adapters.splits import carve_missing_splits
 
@@ -122,7 +122,8 @@ class SummarizationDataModule(SplitDataModule):
         target_column: column holding the target text (the training target).
         reference_columns: columns holding evaluation references (several: ROUGE takes the best one); a split
             without ``target_column`` trains its loss on the first of them. Default: ``[target_column]``.
-        id_column: column copied into each prediction row (e.g. an id), if given.
+        id_column: column holding each row's id, copied into its prediction row as ``id`` (and under its own name).
+            Default: an ``id`` column when the file has one, else the 0-based row index in the file.
         prompt_template: text around the source, with a ``{source}`` field (default: ``"{source}\\n\\nSummary:"``
             for decoders, ``"summarize: {source}"`` for encoder-decoders).
         chat_template: decoder-only: wrap the filled template as a user turn in the tokenizer's chat template.
@@ -209,14 +210,18 @@ class SummarizationDataModule(SplitDataModule):
         target_column = self.target_column if self.target_column in table.columns else (ref_columns or [None])[0]
         if target_column is None and split != "predict":
             table.column(self.target_column, "target_column")  # raises: names the columns there are
-        ids = table.column(self.id_column, "id_column") if self.id_column else None
+        if self.id_column:
+            table.column(self.id_column, "id_column")  # raises when the named column is missing
+        ids = row_ids(table.columns, count, self.id_column)
         rows = []
         for row in range(count):
             source = self._text(table, row, self.source_column, sources[row])
             target = self._text(table, row, target_column, table.columns[target_column][row]) if target_column else None
             references = [self._text(table, row, c, table.columns[c][row]) for c in ref_columns
                           if not is_missing(table.columns[c][row])] or ([target] if target is not None else [])
-            meta = {self.id_column: ids[row]} if ids is not None else {}
+            meta = {"id": ids[row]}
+            if self.id_column and self.id_column != ID_COLUMN:  # rows written before `id` existed had only this
+                meta[self.id_column] = ids[row]
             rows.append({"source": source, "target": target, "where": table.where(row), "meta": meta,
                          "references": references[0] if len(references) == 1 else (references or None)})
         return rows

@@ -10,6 +10,9 @@ Every state is a sum (``dist_reduce_fx="sum"``), so the epoch value over all ran
 - `BLEU`: corpus sacreBLEU (13a tokenisation, x 100) through torchmetrics' ``SacreBLEUScore``; references per example
   may differ in number. Post (2018), https://aclanthology.org/W18-6319/.
 - `Perplexity`: ``exp(sum of token NLL / number of tokens)`` over the epoch (not a mean of per-batch perplexities).
+
+ROUGE and perplexity return ``{}`` when they saw no example (nothing to log); `EpochMetrics` in the heads also
+leaves out a metric that was never updated, e.g. BLEU when validation does not generate.
 """
 
 from __future__ import annotations
@@ -106,5 +109,7 @@ class Perplexity(Metric):
         self.nll_sum += nll_sum.detach().to(self.nll_sum)
         self.count += int(count)
 
-    def compute(self) -> torch.Tensor:
+    def compute(self) -> torch.Tensor | dict:
+        if int(self.count) == 0:  # no label token at all: nothing to report, not exp(0/0) = nan
+            return {}
         return torch.exp(self.nll_sum / self.count).float()

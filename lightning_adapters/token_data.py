@@ -50,7 +50,8 @@ def align(words: list[str], offsets: list[tuple[int, int]]) -> tuple[list[int], 
 
 class TokenCollator:
     """Pads input_ids/attention_mask (tokenizer's pad token and side), labels with -100 on the same side, and the
-    word-level tensors on the right; ``word_positions`` are shifted by any left padding."""
+    word-level tensors on the right; ``word_positions`` are shifted by any left padding. Prediction batches
+    (``with_words``) also carry the ``words`` and each sentence's ``meta`` (id, gold tags)."""
 
     def __init__(self, tokenizer, with_words: bool = False) -> None:
         self.tokenizer, self.with_words = tokenizer, with_words
@@ -73,6 +74,7 @@ class TokenCollator:
         batch.update(word_positions=positions, word_labels=word_labels, labels=labels)
         if self.with_words:
             batch["words"] = [item["words"] for item in items]
+            batch["meta"] = [item.get("meta") or {} for item in items]
         return batch
 
 
@@ -85,6 +87,8 @@ class TokenClassificationDataModule(SplitDataModule):
         validation_file: validation file; carved from the training sentences when missing.
         test_file: test file.
         predict_file: sentences to tag, CoNLL format (only the first column is read); the test split when missing.
+            Prediction rows hold the sentence ``id`` (its 0-based index in its file or Hub split) and, on a labelled
+            split, ``gold_tags`` (IOB2).
         hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
         hub_config: configuration name of ``hub_dataset``.
         tokens_field: Hub dataset column holding the word lists.
@@ -133,6 +137,9 @@ class TokenClassificationDataModule(SplitDataModule):
                 self.splits[split] = read_conll(path, f"{split}_file '{name}'",
                                                 None if split == "predict" else tag_column)
         self.label_names: list[str] = self._label_names(given)
+        # Sentence ids are taken before carving moves sentences between splits; (source, line) names a sentence.
+        self.sentence_ids = {(s.source, s.line): s.line - 1 if s.hub else index
+                             for sentences in self.splits.values() for index, s in enumerate(sentences)}
         carve_missing_splits(self.splits, {"validation": validation_fraction}, seed, unit="training sentences")
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list[dict[str, Any]]] = {}
@@ -176,7 +183,7 @@ class TokenClassificationDataModule(SplitDataModule):
         _, word_tokens = align(sentence.words, encoded["offset_mapping"])
         last = self.label_subwords == "last"
         item = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "words": sentence.words,
+                "words": sentence.words, "meta": {"id": self.sentence_ids.get((sentence.source, sentence.line))},
                 "word_positions": [(tokens[-1] if last else tokens[0]) if tokens else -1 for tokens in word_tokens]}
         if sentence.tags is not None:
             ids = {name: i for i, name in enumerate(self.label_names)}
@@ -189,6 +196,7 @@ class TokenClassificationDataModule(SplitDataModule):
                 if tokens:
                     labels[tokens[-1] if last else tokens[0]] = ids[tag]
             item["labels"], item["word_labels"] = labels, [ids[tag] for tag in sentence.tags]
+            item["meta"]["gold_tags"] = list(sentence.tags)
         return item
 
     def setup(self, stage: str | None = None) -> None:

@@ -66,7 +66,7 @@ def test_every_format_gives_the_same_examples_as_csv(suffix, tok, tmp_path):
     other = module(tok, train_file=files[suffix], test_file=files[suffix], validation_file=files[suffix])
     assert other.label_names == reference.label_names == ["negative", "neutral", "positive"]
     assert other.splits == reference.splits
-    assert reference.splits["train"] == ([t for t, _ in ROWS], [2, 0, 1, 2, 1, 0])
+    assert reference.splits["train"] == ([t for t, _ in ROWS], [2, 0, 1, 2, 1, 0], list(range(6)))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -162,11 +162,11 @@ def test_predict_batches_carry_text_and_labels_only_when_given(tok, tmp_path):
     data = module(tok, train_file=path, validation_file=path, test_file=path, predict_file=str(texts))
     data.setup("predict")
     batch = next(iter(data.predict_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "text"} and batch["text"] == [t for t, _ in ROWS[:3]]
+    assert set(batch) == {"input_ids", "attention_mask", "text", "meta"} and batch["text"] == [t for t, _ in ROWS[:3]]
     fallback = module(tok, train_file=path, validation_file=path, test_file=path)
     fallback.setup("predict")
     batch = next(iter(fallback.predict_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "text"} and len(batch["text"]) == 6
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "text", "meta"} and len(batch["text"]) == 6
 
 
 # ---- bad input: one line naming the problem, nothing written ---------------------------------------------------

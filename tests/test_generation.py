@@ -5,19 +5,23 @@ prompt-tuned generation == generation from the concatenated input, adapter round
 from __future__ import annotations
 
 import copy
+import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 import sacrebleu
 import torch
 from conftest import CONFIGS, build_tokenizer
+from lightning import Trainer
 from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
 from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTuning, PromptTuning, UserInputError
 from lightning_adapters.checkpoint import load_adapter, save_adapter
 from lightning_adapters.heads.generation import GenerationHead
+from lightning_adapters.seq2seq_data import SummarizationDataModule
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity, split_sentences
 
 LM_FAMILIES = ["gpt2", "llama", "t5"]
@@ -234,6 +238,29 @@ def test_validation_generates_only_when_asked_and_test_scores_the_generated_text
     expected.update(texts, batch["references"])
     result = module.test_metrics.compute()
     assert result["test_rougeL"].item() == pytest.approx(expected.compute()["rougeL"].item())
+
+
+@pytest.mark.parametrize("during_validation", [False, True])
+def test_a_validation_epoch_logs_text_metrics_only_when_text_was_generated(during_validation, lm_dirs, tmp_path):
+    """No generation in validation: no ROUGE/BLEU key at all (not a fake 0.0) and no torchmetrics warning; loss and
+    perplexity are logged either way."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in zip(SOURCES, TARGETS,
+                                                                                          strict=True)))
+    data = SummarizationDataModule(tokenizer=lm_dirs["gpt2"], train_file=str(rows), validation_file=str(rows),
+                                   test_file=str(rows), batch_size=2)
+    head = GenerationHead(max_new_tokens=3, metrics=["rouge", "bleu", "perplexity"],
+                          generate_during_validation=during_validation)
+    module = AdapterModule(lm_dirs["gpt2"], strategy=Lora(r=4), head=head)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(module, data, verbose=False)
+    logged, text = set(trainer.logged_metrics), {"val_bleu", "val_rouge1", "val_rouge2", "val_rougeL", "val_rougeLsum"}
+    assert {"val_loss", "val_perplexity"} <= logged
+    assert text <= logged if during_validation else not text & logged
+    assert not [w for w in caught if "``compute`` method" in str(w.message)]
 
 
 def test_refusals_name_the_problem(lm_dirs, model_dirs):

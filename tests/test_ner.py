@@ -379,6 +379,7 @@ def test_cli_fit_test_predict_on_the_conll_sample(model_dirs, tmp_path, monkeypa
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     test = Conll2003DataModule(tokenizer=model_dirs["bert"]).splits["test"]
     assert [r["words"] for r in rows] == [s.words for s in test]
+    assert [(r["id"], r["gold_tags"]) for r in rows] == [(i, s.tags) for i, s in enumerate(test)]
     for row in rows:
         assert row["text"] == " ".join(row["words"]) and len(row["tags"]) == len(row["words"])
         assert get_entities(row["tags"]) == [(e["type"], e["word_start"], e["word_end"] - 1) for e in row["entities"]]

@@ -258,6 +258,7 @@ def test_head_trains_scores_and_predicts_with_every_strategy(family, strategy, m
     # the metric path (per-feature tensors, best feature per question) and the predict path agree
     gold = {e.id: e.answers for e in dm.splits["test"]}
     assert [r["id"] for r in rows] == list(dict.fromkeys(batch["id"]))
+    assert all(r["gold_answers"] == gold[r["id"]] for r in rows)  # a labelled split: gold beside the prediction
     assert scores["test_exact_match"] == pytest.approx(
         100 * sum(squad_scores(r["answer"], gold[r["id"]])[0] for r in rows) / len(rows))
     assert scores["test_f1"] == pytest.approx(100 * sum(squad_scores(r["answer"], gold[r["id"]])[1] for r in rows)

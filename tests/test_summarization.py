@@ -121,7 +121,7 @@ def test_dialogsum_sample_scores_the_test_split_against_all_three_references(lm_
     batch = next(iter(module.test_dataloader()))
     test = [json.loads(line) for line in open(Path(module.splits["test"][0]["where"].split("'")[1]))]
     assert batch["references"] == [[r["summary1"], r["summary2"], r["summary3"]] for r in test]
-    assert batch["meta"] == [{"fname": r["fname"]} for r in test]
+    assert batch["meta"] == [{"id": r["fname"], "fname": r["fname"]} for r in test]  # id_column: fname
     assert module.splits["test"][0]["target"] == test[0]["summary1"]  # the loss uses the first reference
     assert next(iter(module.val_dataloader()))["references"][0] == module.splits["validation"][0]["target"]
     with pytest.raises(UserInputError, match="has no dialogsum.train.jsonl or dialogsum.train.first4000.jsonl"):

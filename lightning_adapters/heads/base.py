@@ -8,17 +8,23 @@ updates and JSON-ready predictions. Its new weights are trainable and are saved 
 The module calls, per batch: ``forward`` + ``loss`` in training; ``forward`` + ``loss`` + ``update_metrics`` in
 validation/test; ``predict`` in prediction. ``update_metrics`` and ``predict`` get the backbone, so generative heads
 can run ``generate``; ``update_metrics`` also gets the stage (``"val"`` or ``"test"``), so a head can skip costly
-work where only some stages need it. Metrics are torchmetrics objects (synced across ranks), computed once per
-epoch by the module: their ``compute`` may return a scalar or a flat dict of scalars (e.g. per-entity-type F1).
+work where only some stages need it. Metrics are torchmetrics objects (synced across ranks) in an `EpochMetrics`
+collection, computed once per epoch by the module: their ``compute`` may return a scalar or a flat dict of scalars
+(e.g. per-entity-type F1); a metric no rank updated in the epoch is left out rather than reported as a score.
+
+Prediction batches may carry ``meta``: one JSON-ready dict per example (its row ``id``, gold labels such as
+``gold_label``), put there by the DataModule; `with_meta` starts each prediction row with it.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from transformers import AutoModel, PretrainedConfig
 
 from lightning_adapters.strategies.base import class_config
@@ -47,10 +53,11 @@ class TaskHead(nn.Module):
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
-    def metrics(self) -> MetricCollection:
+    def metrics(self) -> EpochMetrics:
+        """A fresh `EpochMetrics` (the module clones it per stage)."""
         raise NotImplementedError
 
-    def update_metrics(self, metrics: MetricCollection, outputs: Any, batch: dict[str, Any],
+    def update_metrics(self, metrics: EpochMetrics, outputs: Any, batch: dict[str, Any],
                        backbone: nn.Module, stage: Stage) -> None:
         raise NotImplementedError
 
@@ -71,3 +78,50 @@ def backbone_inputs(batch: dict[str, Any], backbone: nn.Module) -> dict[str, tor
     if "token_type_ids" in inputs and getattr(backbone.config, "type_vocab_size", 0) in (0, None):
         inputs.pop("token_type_ids")
     return inputs
+
+
+def with_meta(rows: list[dict[str, Any]], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prediction rows, each led by its example's ``meta`` (row id, gold labels) when the batch has it."""
+    metas = batch.get("meta")
+    if metas is None:
+        return rows
+    return [{**meta, **row} for meta, row in zip(metas, rows, strict=True)]
+
+
+def updates_on_all_ranks(metrics: Sequence[Metric]) -> list[int]:
+    """How often each metric was updated this epoch, summed over ranks (a collective under DDP: call on every rank)."""
+    counts = torch.tensor([m.update_count for m in metrics], dtype=torch.long, device=metrics[0].device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(counts)
+    return counts.tolist()
+
+
+class EpochMetrics(MetricCollection):
+    """A MetricCollection whose ``compute`` leaves out the metrics that no rank updated.
+
+    A metric can see nothing in an epoch (ROUGE/BLEU when validation does not generate, an empty split); torchmetrics
+    then warns and reports its empty state as a score, e.g. BLEU 0.0, which reads like a (terrible) result. Leaving
+    the key out says "not measured". Update counts are summed over ranks first, so every rank computes, and
+    synchronises, the same metrics. Dict results are flattened by their keys, prefixed by the metric name where
+    two metrics share a key (torchmetrics' rule).
+    """
+
+    def compute(self) -> dict[str, Any]:
+        members = list(self.items(keep_base=True, copy_state=False))  # also refreshes compute-group update counts
+        if not members:
+            return {}
+        results = {}
+        with warnings.catch_warnings():  # updated on another rank only: torchmetrics warns before it syncs
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+            for (name, metric), count in zip(members, updates_on_all_ranks([m for _, m in members]), strict=True):
+                if count:
+                    results[name] = metric.compute()
+        keys = [key for value in results.values() if isinstance(value, dict) for key in value]
+        shared = len(keys) != len(set(keys)) or bool(set(keys) & set(results))
+        flat = {}
+        for name, value in results.items():
+            if isinstance(value, dict):
+                flat.update({f"{name}_{key}" if shared else key: v for key, v in value.items()})
+            else:
+                flat[name] = value
+        return {f"{self.prefix or ''}{key}{self.postfix or ''}": value for key, value in flat.items()}

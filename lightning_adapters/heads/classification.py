@@ -12,13 +12,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import PretrainedConfig
 
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import Stage, TaskHead, backbone_inputs
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, with_meta
 
 Pooling = Literal["auto", "first", "last", "mean"]
 
@@ -72,12 +71,12 @@ class ClassificationHead(TaskHead):
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["labels"])
 
-    def metrics(self) -> MetricCollection:
+    def metrics(self) -> EpochMetrics:
         n = len(self.label_names)
-        return MetricCollection({"accuracy": MulticlassAccuracy(n, average="micro"),
+        return EpochMetrics({"accuracy": MulticlassAccuracy(n, average="micro"),
                                  "macro_f1": MulticlassF1Score(n, average="macro")})
 
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
+    def update_metrics(self, metrics: EpochMetrics, logits: torch.Tensor, batch: dict[str, Any],
                        backbone: nn.Module, stage: Stage) -> None:
         metrics.update(logits, batch["labels"])
 
@@ -89,5 +88,5 @@ class ClassificationHead(TaskHead):
             best = max(range(len(probs)), key=probs.__getitem__)
             rows.append({"text": text, "label": self.label_names[best],
                          "probabilities": {name: round(p, 6) for name, p in zip(self.label_names, probs, strict=True)}})
-        return rows
+        return with_meta(rows, batch)  # meta: the row id and, on a labelled split, gold_label
 

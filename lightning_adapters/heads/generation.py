@@ -13,8 +13,8 @@ DataModules produce it):
   the target ids, padded with -100);
 - evaluation/prediction also: ``prompt_input_ids``/``prompt_attention_mask`` (decoder-only, LEFT-padded prompts that
   end where generation starts; encoder-decoders generate from ``input_ids``), ``references`` (one string or a list of
-  strings per example, or None), ``sources`` (texts echoed in predictions), optional ``meta`` (dicts copied into
-  prediction rows).
+  strings per example, or None), ``sources`` (texts echoed in predictions), optional ``meta`` (dicts that start
+  the prediction rows: the row ``id`` and any analysis columns).
 
 Generation is greedy by default (``num_beams``, ``length_penalty``, sampling and ``no_repeat_ngram_size`` are options).
 Validation generates only with ``generate_during_validation`` (slow on CPU); test always does. Metrics: ROUGE,
@@ -28,12 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PretrainedConfig
 
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import Stage, TaskHead
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, with_meta
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity
 
 METRICS = {"rouge": ROUGE, "bleu": BLEU, "perplexity": Perplexity}
@@ -148,12 +147,12 @@ class GenerationHead(TaskHead):
         return nll / count
 
     # ---- evaluation and prediction -----------------------------------------------------------------------------
-    def metrics(self) -> MetricCollection:
+    def metrics(self) -> EpochMetrics:
         built = {name: METRICS[name](use_stemmer=self.rouge_stemmer) if name == "rouge" else METRICS[name]()
                  for name in self.metric_names}
-        return MetricCollection(built, compute_groups=False)
+        return EpochMetrics(built, compute_groups=False)
 
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
+    def update_metrics(self, metrics: EpochMetrics, logits: torch.Tensor, batch: dict[str, Any],
                        backbone: nn.Module, stage: Stage) -> None:
         names = set(metrics.keys(keep_base=True))
         if "perplexity" in names:
@@ -184,14 +183,13 @@ class GenerationHead(TaskHead):
         generated = self.generate(backbone, batch)
         references = batch.get("references") or [None] * len(generated)
         sources = batch.get("sources") or [None] * len(generated)
-        metas = batch.get("meta") or [{}] * len(generated)
         rows = []
-        for source, text, reference, meta in zip(sources, generated, references, metas, strict=True):
-            row = {**meta, "source": source, "generated": text}
+        for source, text, reference in zip(sources, generated, references, strict=True):
+            row = {"source": source, "generated": text}
             if reference is not None:
                 row["reference"] = reference
             rows.append(row)
-        return rows
+        return with_meta(rows, batch)
 
 
 class GenerationCollator:

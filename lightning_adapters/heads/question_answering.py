@@ -16,11 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
 from transformers import PretrainedConfig
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import Stage, TaskHead, backbone_inputs
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs
 from lightning_adapters.squad_metric import SquadMetric, best_spans, squad_scores
 
 
@@ -64,8 +63,8 @@ class QuestionAnsweringHead(TaskHead):
         start, end = (x.masked_fill(pad, torch.finfo(x.dtype).min) for x in outputs)
         return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
 
-    def metrics(self) -> MetricCollection:
-        return MetricCollection({"squad": SquadMetric()})
+    def metrics(self) -> EpochMetrics:
+        return EpochMetrics({"squad": SquadMetric()})
 
     def _spans(self, outputs: tuple[torch.Tensor, torch.Tensor], batch: dict[str, Any], n_best: int) -> list[list]:
         """Per feature: up to ``n_best`` (score, text, char_start, char_end), best first, context spans only."""
@@ -77,7 +76,7 @@ class QuestionAnsweringHead(TaskHead):
                           for score, s, e in zip(row, s_row, e_row, strict=True) if score != float("-inf")])
         return spans
 
-    def update_metrics(self, metrics: MetricCollection, outputs: tuple[torch.Tensor, torch.Tensor],
+    def update_metrics(self, metrics: EpochMetrics, outputs: tuple[torch.Tensor, torch.Tensor],
                        batch: dict[str, Any], backbone: nn.Module, stage: Stage) -> None:
         exact, f1, score = [], [], []
         for spans, answers in zip(self._spans(outputs, batch, 1), batch["answers"], strict=True):
@@ -91,7 +90,8 @@ class QuestionAnsweringHead(TaskHead):
                                 torch.tensor(exact, device=device), torch.tensor(f1, device=device))
 
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """One row per question: the best answer, its score (start + end logit) and the n-best list."""
+        """One row per question: its ``meta`` (id, gold answers when known), the best answer, its score (start +
+        end logit) and the n-best list."""
         spans = self._spans(self(backbone, batch), batch, self.n_best)
         by_question: dict[int, list] = {}
         for index, feature_spans in zip(batch["example_index"].tolist(), spans, strict=True):
@@ -103,7 +103,8 @@ class QuestionAnsweringHead(TaskHead):
                 best.setdefault((span[2], span[3]), span)
             top = list(best.values())[:self.n_best]
             f = first[index]
-            rows.append({"id": batch["id"][f], "question": batch["question"][f],
+            meta = batch["meta"][f] if "meta" in batch else {}
+            rows.append({**meta, "id": batch["id"][f], "question": batch["question"][f],
                          "answer": top[0][1] if top else "", "score": round(top[0][0], 4) if top else None,
                          "n_best": [{"text": t, "score": round(s, 4), "start": a, "end": b} for s, t, a, b in top]})
         return rows

@@ -8,7 +8,8 @@ entity), so `EntityF1` equals ``seqeval.metrics.f1_score`` in its default mode, 
 ``classification_report``. Its states are per-type TP/FP/FN counts summed across ranks, so it is exact under DDP.
 Encoder-decoder models tag with their encoder, as `ClassificationHead` classifies with it.
 
-Predict writes, per sentence, ``text`` (the words joined by single spaces), ``words``, ``tags`` and ``entities``:
+Predict writes, per sentence, its ``id`` (and ``gold_tags`` when the split is labelled, from the batch's ``meta``),
+``text`` (the words joined by single spaces), ``words``, ``tags`` and ``entities``:
 ``{"type", "text", "start", "end", "word_start", "word_end"}`` with character offsets into ``text`` (``end``
 exclusive, so ``text[start:end]`` is the entity) and word indices (``word_end`` exclusive).
 """
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from seqeval.metrics.sequence_labeling import get_entities
 from torch import nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 from transformers import PretrainedConfig
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import Stage, TaskHead, backbone_inputs
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, with_meta
 
 
 def entity_types(label_names: list[str]) -> list[str]:
@@ -142,8 +143,8 @@ class TokenClassificationHead(TaskHead):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
-    def metrics(self) -> MetricCollection:
-        return MetricCollection({"entity": EntityF1(entity_types(self.label_names))})
+    def metrics(self) -> EpochMetrics:
+        return EpochMetrics({"entity": EntityF1(entity_types(self.label_names))})
 
     def word_tags(self, logits: torch.Tensor, positions: torch.Tensor, counts: list[int]) -> list[list[str]]:
         """Per sentence the tag of each word: arg-max at its position; ``O`` where the position is -1."""
@@ -151,7 +152,7 @@ class TokenClassificationHead(TaskHead):
         best = torch.where(positions >= 0, best, self.label_names.index("O")).tolist()
         return [[self.label_names[i] for i in row[:count]] for row, count in zip(best, counts, strict=True)]
 
-    def update_metrics(self, metrics: MetricCollection, logits: torch.Tensor, batch: dict[str, Any],
+    def update_metrics(self, metrics: EpochMetrics, logits: torch.Tensor, batch: dict[str, Any],
                        backbone: nn.Module, stage: Stage) -> None:
         gold = batch["word_labels"]
         counts = (gold != -100).sum(1).tolist()
@@ -161,5 +162,6 @@ class TokenClassificationHead(TaskHead):
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
         words = batch["words"]
         tags = self.word_tags(self(backbone, batch), batch["word_positions"], [len(w) for w in words])
-        return [{"text": " ".join(w), "words": w, "tags": t, "entities": decode_entities(w, t)}
+        rows = [{"text": " ".join(w), "words": w, "tags": t, "entities": decode_entities(w, t)}
                 for w, t in zip(words, tags, strict=True)]
+        return with_meta(rows, batch)  # meta: the sentence id and, on a labelled split, gold_tags
