@@ -1,6 +1,6 @@
 """lightning-adapters: parameter-efficient fine-tuning of any Hugging Face model under PyTorch Lightning."""
 
-from lightning_adapters.callbacks import JsonlPredictionWriter
+from lightning_adapters.callbacks import EarlyStopping, JsonlPredictionWriter
 from lightning_adapters.checkpoint import load_adapter, save_adapter
 from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.dialogue_data import DialogueDataModule
@@ -14,12 +14,14 @@ from lightning_adapters.heads import (
 )
 from lightning_adapters.module import AdapterModule
 from lightning_adapters.qa_data import QADataModule
+from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.seq2seq_data import SummarizationDataModule
 from lightning_adapters.strategies import IA3, Bottleneck, Lora, PrefixTuning, PromptTuning, Strategy
 from lightning_adapters.token_data import TokenClassificationDataModule
 
-__all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule", "GenerationHead",
-           "JsonlPredictionWriter", "Lora", "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead",
-           "Strategy", "SummarizationDataModule", "TaskHead", "TextClassificationDataModule",
-           "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError", "load_adapter", "save_adapter"]
+__all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule", "EarlyStopping",
+           "GenerationHead", "JsonlPredictionWriter", "Lora", "PrefixTuning", "PromptTuning", "QADataModule",
+           "QuestionAnsweringHead", "Strategy", "SummarizationDataModule", "TaskHead", "TextClassificationDataModule",
+           "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError", "load_adapter",
+           "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Callbacks users put in YAML: JSONL predictions."""
+"""Callbacks users put in YAML: JSONL predictions; early stopping that survives a run shorter than one validation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -17,16 +19,17 @@ class JsonlPredictionWriter(BasePredictionWriter):
     leaves a truncated file under the final name. With several processes each rank writes ``<name>.rank<k>.jsonl``.
 
     Args:
-        output: path of the JSONL file to write.
+        output: path of the JSONL file to write (default: ``predictions.jsonl`` in the run's versioned log folder,
+            beside its config and metrics, or in the working folder when the run has no logger).
     """
 
-    def __init__(self, output: str = "predictions.jsonl") -> None:
+    def __init__(self, output: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output = output
         self._file = None
 
     def _target(self, trainer) -> Path:
-        path = Path(self.output)
+        path = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "predictions.jsonl"
         return path.with_suffix(f".rank{trainer.global_rank}.jsonl") if trainer.world_size > 1 else path
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
@@ -45,3 +48,18 @@ class JsonlPredictionWriter(BasePredictionWriter):
         os.replace(self._file.name, target)
         self._file = None
         print(f"predictions written to {target}")
+
+
+class EarlyStopping(callbacks.EarlyStopping):
+    """Lightning's ``EarlyStopping``, except that a run which ends before its first validation is not an error.
+
+    ``--trainer.max_steps 3`` (a smoke test) ends training mid-epoch, before any validation; Lightning's callback
+    then fails on the missing metric. This one waits for validation to have run, as ``ModelCheckpoint`` does; a
+    monitored metric still missing after a validation raises as before (a typo in ``monitor``).
+    """
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if self.monitor not in trainer.callback_metrics and not trainer.fit_loop.epoch_loop.val_loop._has_run:
+            rank_zero_warn(f"EarlyStopping: no validation has run yet, so '{self.monitor}' is not checked")
+            return
+        super()._run_early_stopping_check(trainer)

@@ -4,20 +4,60 @@ The DataModule reaches the model only through links: the backbone name picks the
 DataModule found become the model's (no model ever reads ``trainer.datamodule``). After ``fit`` the best checkpoint's
 adapter is exported as a safetensors folder and, with ``--test_after_fit true``, tested. Checkpoints are written
 atomically (`AtomicCheckpointIO`) unless the config names its own CheckpointIO plugin.
+
+Outputs follow Lightning's layout: everything a run writes (config, metrics, checkpoints, the exported adapter,
+predictions) goes to its logger's versioned folder — with the default logger
+``<default_root_dir>/lightning_logs/version_N/``, so a second run never overwrites the first. ``fit --ckpt_path last``
+resumes the newest version that has a ``last.ckpt`` and keeps writing into it.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import lightning as L
+import transformers
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import Logger
 
-from lightning_adapters.atomic import AtomicCheckpointIO
-from lightning_adapters.checkpoint import save_adapter
+from lightning_adapters.atomic import AtomicCheckpointIO, check_replaceable
+from lightning_adapters.checkpoint import ADAPTER_FILES, save_adapter
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.module import AdapterModule
+from lightning_adapters.progress import LineProgress
+
+OVERVIEW = """\
+Parameter-efficient fine-tuning of Hugging Face models under PyTorch Lightning.
+
+  lightning-adapters fit|validate|test|predict --config FILE [--key value ...]
+
+Options of ours first (the full list below also holds every Trainer flag):
+  --config FILE                    a shipped experiment, e.g. configs/finance_sentiment/bottleneck.yaml
+  --model.init_args.strategy FILE  switch the method: configs/strategy/{lora,ia3,prompt,prefix,bottleneck_*}.yaml
+  --model.help CLASS               the options of a class, e.g. --model.help lightning_adapters.AdapterModule
+  --model.init_args.head.help CLASS, --model.init_args.strategy.help CLASS   options of a head or strategy
+  --data.help CLASS                the options of a pack, e.g.
+                                   --data.help lightning_adapters.tasks.finance_sentiment.FinanceSentimentDataModule
+  --data.init_args.data_dir DIR    real data (shipped configs read $LIGHTNING_ADAPTERS_DATA/<dataset>)
+  --data.init_args.predict_file F  predict on your own file (predict writes JSONL rows)
+  --trainer.default_root_dir DIR   where runs go: DIR/lightning_logs/version_N/ (checkpoints, adapter/, predictions)
+                                   logs: metrics.csv; TensorBoard event files instead once tensorboard is installed
+  --ckpt_path last|FILE            fit: resume (last = the newest run's last.ckpt); test/predict: the weights to use
+  --export_dir DIR                 fit: where to write the best adapter (default: <run folder>/adapter)
+  --test_after_fit true            fit: test the best checkpoint when training ends
+  --print_config                   print the resolved configuration and exit
+"""
+
+
+class _OverviewFormatter(DefaultHelpFormatter):
+    """Keeps the overview's line breaks (argparse would re-flow it into one paragraph)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 class AdaptersCLI(LightningCLI):
@@ -29,19 +69,44 @@ class AdaptersCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit: test the best checkpoint when training ends")
 
+    def before_instantiate_classes(self) -> None:
+        if not sys.stderr.isatty():  # transformers' weight-loading bar, redrawn in place, garbles a log file
+            transformers.utils.logging.disable_progress_bar()
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         # No CheckpointIO configured (the public property would create the default one): install ours. A user's own
         # plugin — also an explicit TorchCheckpointIO — is kept.
         if trainer.strategy._checkpoint_io is None:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # Output going to a file (SLURM, CI, nohup): lines instead of Lightning's default bar (rich or tqdm), which
+        # redraws in place; a bar the config names itself is kept.
+        bar = trainer.progress_bar_callback
+        if type(bar) in (TQDMProgressBar, RichProgressBar) and not sys.stderr.isatty():
+            trainer.callbacks[trainer.callbacks.index(bar)] = LineProgress()
         return trainer
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if self.trainer.max_epochs == 0 or self.trainer.max_steps == 0:
+            raise UserInputError("max_epochs/max_steps 0 trains nothing, and fit would export an untrained adapter — "
+                                 "set --trainer.max_epochs or --trainer.max_steps to at least 1")
+        if config.get("export_dir"):  # refuse an unusable folder now, not after hours of training
+            check_replaceable(config["export_dir"], ADAPTER_FILES)
+        if config.get("ckpt_path") != "last" or self.trainer.logger is None:
+            return
+        found = newest_last_checkpoint(self.trainer.logger)
+        if found is not None:  # resume that run, in its own folder; none found: Lightning warns and starts fresh
+            config["ckpt_path"], self.trainer.logger._version = str(found[0]), found[1]
+            print(f"resuming {found[0]}")
 
     def after_fit(self) -> None:
         trainer, config = self.trainer, self.config_init[self.subcommand]
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        metrics = {}
         if config.get("test_after_fit"):
-            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            metrics = {name: round(float(value), 4) for name, value in (results[0] if results else {}).items()}
         elif best:  # Lightning's own restore path: right for every strategy, sharded (FSDP) ones included
             connector = trainer._checkpoint_connector
             connector.resume_start(best)
@@ -50,8 +115,37 @@ class AdaptersCLI(LightningCLI):
         with self.model.full_weights():  # a collective under FSDP: every rank enters, rank 0 writes
             if trainer.is_global_zero:
                 folder = Path(config.get("export_dir") or Path(trainer.log_dir or ".") / "adapter")
-                save_adapter(self.model, folder)
+                save_adapter(self.model, folder, card=self._card(metrics))
                 print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
+                if trainer.log_dir:
+                    print(f"run folder: {Path(trainer.log_dir).resolve()}")
+
+
+    def _card(self, metrics: dict[str, float]) -> dict:
+        """Model-card fields: the data it was trained on (and where its card is), test metrics, the command."""
+        data = type(self.datamodule)
+        source = next((f"{key}={getattr(self.datamodule, key)}" for key in ("data_dir", "train_file", "hub_dataset")
+                       if getattr(self.datamodule, key, None)), "its bundled sample")
+        described = f"`{data.__module__}.{data.__name__}`, {source}"
+        if data.__module__.startswith("lightning_adapters.tasks."):
+            pack = data.__module__.split(".")[2]
+            described += f"; source and license: tasks/{pack}/DATA_CARD.md"
+        card = {"data": described, "command": " ".join(["lightning-adapters", *sys.argv[1:]])}
+        return card | ({"metrics": metrics} if metrics else {})
+
+
+def newest_last_checkpoint(logger: Logger) -> tuple[Path, int | str] | None:
+    """``(<save_dir>/<name>/version_N/checkpoints/last.ckpt, N)`` for the highest N that has one, else None."""
+    runs = Path(logger.save_dir or ".") / (logger.name or "")
+    found = []
+    for last in runs.glob("*/checkpoints/last.ckpt"):
+        number = re.fullmatch(r"version_(\d+)", last.parent.parent.name)
+        if number is not None:
+            found.append((int(number.group(1)), last))
+    if not found:
+        return None
+    version, last = max(found)
+    return last, version
 
 
 def main(args: list[str] | None = None) -> None:
@@ -63,13 +157,22 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
     """Run the CLI and return it; bad input ends with one line on stderr and exit status 2, not a traceback."""
     try:
         return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                    args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True})
+                           args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                           parser_kwargs=parser_kwargs())
     except Exception as err:  # noqa: BLE001 — re-raised below unless it is (or wraps) bad user input
         cause = user_input_error(err)
         if cause is None:
             raise
         print(f"lightning-adapters: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def parser_kwargs() -> dict:
+    """The overview on top of ``--help`` and of each subcommand's ``--help``."""
+    kwargs = {"description": OVERVIEW, "formatter_class": _OverviewFormatter}
+    commands = {command: {**kwargs, "usage": f"lightning-adapters {command} --config FILE [--key value ...]"}
+                for command in ("fit", "validate", "test", "predict")}
+    return {**kwargs, **commands}
 
 
 def user_input_error(err: BaseException | None) -> UserInputError | None:

@@ -95,7 +95,8 @@ def test_fit_test_predict(workdir, model_dirs, capsys):
     assert "trainable params:" not in out or True  # printed through Lightning's logger
     assert f"adapter saved to {workdir / 'adapter'}" in out
     assert "test_accuracy" in out and "test_macro_f1" in out
-    assert {p.name for p in (workdir / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    written = {p.name for p in (workdir / "adapter").iterdir()}
+    assert written == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     checkpoint = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=False)
     assert all(k.startswith(("backbone.", "head.")) and ("base_layer" not in k) for k in checkpoint["state_dict"])
     assert set(checkpoint["state_dict"]) == set(adapter_weights(workdir / "adapter"))

@@ -59,7 +59,7 @@ def test_fallback_masks_exactly_the_assistant_turns_hand_built(tmp_path, model_d
     assert item["input_ids"] == expected_ids
     assert item["labels"] == expected_labels
     assert item["prompt_ids"] == ids(tok, before1 + A1 + "</s>" + before2)
-    assert (item["references"], item["source"], item["meta"]) == (A2, U2, {"intent": "i0"})
+    assert (item["references"], item["source"], item["meta"]) == (A2, U2, {"id": 0, "intent": "i0"})
     trained = [label for label in expected_labels if label != -100]
     assert tok.convert_ids_to_tokens(trained[-1]) == "</s>"  # the end-of-turn token is trained
 
@@ -111,7 +111,7 @@ def test_batches_follow_the_generation_head_contract(tmp_path, model_dirs):
         assert batch["prompt_input_ids"][row, -p:].tolist() == item["prompt_ids"]  # left padding
         assert batch["prompt_attention_mask"][row].tolist() == [0] * (batch["prompt_input_ids"].shape[1] - p) + [1] * p
     assert batch["references"] == [A2, SHORT[-1]["content"]] and batch["sources"] == [U2, SHORT[0]["content"]]
-    assert batch["meta"] == [{"intent": "i0"}, {"intent": "i1"}]
+    assert batch["meta"] == [{"id": 0, "intent": "i0"}, {"id": 1, "intent": "i1"}]  # row ids: no id column
     assert set(next(iter(data.train_dataloader()))) == {"input_ids", "attention_mask", "labels"}
 
 
@@ -154,7 +154,7 @@ def test_truncation_drops_oldest_turns_then_cuts_tokens(tmp_path, model_dirs):
     shorter = [DIALOGUE[0], *DIALOGUE[3:]]  # the system turn and the final exchange
     kept = module(tmp_path, model_dirs, rows=[shorter])._datasets["validation"][0]
     data = module(tmp_path, model_dirs, rows=[DIALOGUE], max_length=len(kept["input_ids"]))
-    assert data._datasets["validation"][0] == kept | {"meta": {"intent": "i0"}}
+    assert data._datasets["validation"][0] == kept | {"meta": {"id": 0, "intent": "i0"}}
     full = module(tmp_path, model_dirs, rows=[DIALOGUE])._datasets["validation"][0]
     cut = module(tmp_path, model_dirs, rows=[DIALOGUE], truncation="tokens", max_length=30)._datasets["validation"][0]
     assert cut["input_ids"] == full["input_ids"][:30] and cut["labels"] == full["labels"][:30]
@@ -345,7 +345,8 @@ def test_cli_fit_exports_an_adapter_that_predicts_jsonl(tmp_path, model_dirs, mo
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     main(["fit", "--config", config, *tiny, "--trainer.max_epochs", "1"])
     assert "test_rougeL" in capsys.readouterr().out
-    adapter = tmp_path / "runs/customer_support_replies/adapter"
+    adapter = tmp_path / "runs/customer_support_replies/lightning_logs/version_0/adapter"
     main(["predict", "--config", config, *tiny, "--model.init_args.adapter", str(adapter)])
-    rows = [json.loads(line) for line in (tmp_path / "runs/customer_support_replies/predictions.jsonl").open()]
+    predictions = tmp_path / "runs/customer_support_replies/lightning_logs/version_1/predictions.jsonl"
+    rows = [json.loads(line) for line in predictions.open()]
     assert len(rows) == 8 and {"intent", "category", "source", "generated", "reference"} <= set(rows[0])

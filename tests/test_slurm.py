@@ -105,6 +105,7 @@ def test_sbatch_header_matches_trainer_flags_and_resume_picks_newest(script, tmp
     assert flags["--trainer.strategy"] == "ddp"
     run = tmp_path / f"run-{JOB_ID}"
     assert flags["--trainer.default_root_dir"] == str(run)
+    assert json.loads(flags["--trainer.logger"])["init_args"] == {"save_dir": str(run), "version": f"slurm-{JOB_ID}"}
     added = {cb["class_path"]: cb.get("init_args") for cb in (json.loads(v) for k, v in pairs if k.endswith("+"))}
     assert added == {"slurm_requeue.JobCheckpoint": {"dirpath": f"{run}/checkpoints", "filename": "latest",
                                                      "save_last": True},

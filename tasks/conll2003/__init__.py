@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.token_data import TokenClassificationDataModule
 
@@ -26,7 +27,7 @@ _LAYOUTS = (("eng.train", "eng.testa", "eng.testb"), ("train.txt", "valid.txt", 
 
 def split_files(data_dir: str | Path) -> tuple[str, str, str]:
     """(train, validation, test) files of a CoNLL-2003 folder: the first layout of `_LAYOUTS` it holds in full."""
-    folder = Path(data_dir).expanduser()
+    folder = dataset_folder(data_dir, "CoNLL-2003", "conll2003")
     for layout in _LAYOUTS:
         if all((folder / name).is_file() for name in layout):
             return tuple(str(folder / name) for name in layout)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 
 HUB_DATASET = "PolyAI/banking77"
@@ -25,7 +26,7 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 
 def banking77_files(data_dir: str) -> tuple[str, str, list[str] | None]:
     """(train.csv, test.csv, the 77 intent names of categories.json, or None when the folder has no such file)."""
-    folder = Path(data_dir).expanduser()
+    folder = dataset_folder(data_dir, "BANKING77", "customer_service")
     for name in ("train.csv", "test.csv"):
         if not (folder / name).is_file():
             raise UserInputError(f"data_dir '{data_dir}' has no {name} — pass the BANKING77 folder (train.csv, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.dialogue_data import DialogueDataModule, Truncation
 from lightning_adapters.errors import UserInputError
 
@@ -26,7 +27,8 @@ SYSTEM_PROMPT = ("You are a customer support assistant for an online shop. Answe
 
 
 def bitext_file(data_dir: str) -> str:
-    path = Path(data_dir).expanduser() / BITEXT_FILE
+    folder = dataset_folder(data_dir, "the Bitext customer-support dataset", "customer_support_replies")
+    path = folder / BITEXT_FILE
     if not path.is_file():
         raise UserInputError(f"data_dir '{data_dir}' has no {BITEXT_FILE} — pass the Bitext customer-support folder")
     return str(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.seq2seq_data import SummarizationDataModule, Truncation
 
@@ -24,9 +25,7 @@ REFERENCES = ["summary", "summary1", "summary2", "summary3"]
 
 def dialogsum_files(data_dir: str) -> dict[str, str]:
     """train/validation/test files of a DialogSum folder (the full train file, else the first-4000 subset)."""
-    folder = Path(data_dir).expanduser()
-    if not folder.is_dir():
-        raise UserInputError(f"data_dir '{data_dir}' is not a folder — pass the DialogSum folder")
+    folder = dataset_folder(data_dir, "DialogSum", "dialogsum")
     names = {"train": ("dialogsum.train.jsonl", "dialogsum.train.first4000.jsonl"),
              "validation": ("dialogsum.dev.jsonl",), "test": ("dialogsum.test.jsonl",)}
     files = {}

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.seq2seq_data import SummarizationDataModule, Truncation
 
@@ -42,7 +43,7 @@ def numeric_sentences(transcript: str) -> str:
 
 
 def ectsum_files(data_dir: str) -> dict[str, str]:
-    folder = Path(data_dir).expanduser()
+    folder = dataset_folder(data_dir, "ECTSum", "ectsum")
     if not (folder / "ectsum_test.jsonl").is_file() or not (folder / "ectsum_val.jsonl").is_file():
         raise UserInputError(f"data_dir '{data_dir}' has no ectsum_val.jsonl and ectsum_test.jsonl — pass the "
                              "ECTSum folder")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.token_data import TokenClassificationDataModule
 
@@ -26,7 +27,7 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 
 def split_files(data_dir: str | Path) -> tuple[str, str | None, str]:
     """(train, validation or None, test) files of a finance NER folder."""
-    folder = Path(data_dir).expanduser()
+    folder = dataset_folder(data_dir, "the finance NER dataset", "finance_ner")
     for train, validation, test in (("FIN5.txt", None, "FIN3.txt"), ("train.txt", "valid.txt", "test.txt"),
                                     ("train.txt", "validation.txt", "test.txt")):
         if (folder / train).is_file() and (folder / test).is_file():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.readers import Table
 
@@ -53,7 +54,7 @@ def read_phrasebank_txt(path: str | Path, source: str | None = None, text_column
 
 def phrasebank_file(data_dir: str, agreement: str) -> str:
     """The file of one agreement level in a Financial PhraseBank folder: the UTF-8 CSV, else the original txt."""
-    folder = Path(data_dir).expanduser()
+    folder = dataset_folder(data_dir, "Financial PhraseBank", "finance_sentiment")
     csv_file = folder / f"sentences_{agreement}.csv"
     txt_file = folder / "original" / f"Sentences_{_ORIGINAL_NAMES[agreement]}.txt"
     for candidate in (csv_file, txt_file):

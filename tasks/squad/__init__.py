@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning_adapters.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.qa_data import QADataModule
 
@@ -27,7 +28,7 @@ TRAIN_NAME, DEV_NAME = "train-v1.1.json", "dev-v1.1.json"
 
 def squad_files(data_dir: str) -> tuple[str, str | None]:
     """(training file, test file or None) of a SQuAD v1.1 folder."""
-    folder = Path(data_dir).expanduser()
+    folder = dataset_folder(data_dir, "SQuAD v1.1", "squad")
     train, dev = folder / TRAIN_NAME, folder / DEV_NAME
     if train.is_file():
         return str(train), str(dev) if dev.is_file() else None
