@@ -14,7 +14,9 @@ resumes the newest version that has a ``last.ckpt`` and keeps writing into it.
 from __future__ import annotations
 
 import re
+import signal
 import sys
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +25,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_adapters.atomic import AtomicCheckpointIO, check_replaceable
 from lightning_adapters.checkpoint import ADAPTER_FILES, save_adapter
@@ -69,12 +72,22 @@ class AdaptersCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit: test the best checkpoint when training ends")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        command = self.config.get("subcommand")
+        if command:  # before Lightning reads the checkpoint's hyper-parameters (a traceback on a missing file)
+            check_ckpt_path(self.config[command].get("ckpt_path"))
+
     def before_instantiate_classes(self) -> None:
         if not sys.stderr.isatty():  # transformers' weight-loading bar, redrawn in place, garbles a log file
             transformers.utils.logging.disable_progress_bar()
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:  # Lightning's refusals of Trainer settings
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserInputError(f"invalid Trainer setting: {first} — fix the --trainer option it names") from err
         # No CheckpointIO configured (the public property would create the default one): install ours. A user's own
         # plugin — also an explicit TorchCheckpointIO — is kept.
         if trainer.strategy._checkpoint_io is None:
@@ -134,6 +147,18 @@ class AdaptersCLI(LightningCLI):
         return card | ({"metrics": metrics} if metrics else {})
 
 
+def check_ckpt_path(path: str | None) -> None:
+    """A checkpoint file that is missing or not a torch checkpoint (truncated, another format): one line, now."""
+    if path is None or path in ("last", "best", "hpc", "registry") or "://" in str(path):
+        return
+    if not Path(path).is_file():
+        raise UserInputError(f"checkpoint '{path}' not found — pass an existing .ckpt file (a run's "
+                             "checkpoints/last.ckpt) or --ckpt_path last")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
+        raise UserInputError(f"checkpoint '{path}' is not a readable torch checkpoint (truncated or another format) "
+                             "— pass another checkpoint, e.g. the run's checkpoints/last.ckpt")
+
+
 def newest_last_checkpoint(logger: Logger) -> tuple[Path, int | str] | None:
     """``(<save_dir>/<name>/version_N/checkpoints/last.ckpt, N)`` for the highest N that has one, else None."""
     runs = Path(logger.save_dir or ".") / (logger.name or "")
@@ -159,6 +184,10 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
         return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                            args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
                            parser_kwargs=parser_kwargs())
+    except SIGTERMException:  # Lightning ends a run stopped by SIGTERM with SystemExit(0): `fit && deploy` went on
+        print("lightning-adapters: error: stopped by SIGTERM before the run finished; nothing was exported — resume "
+              "with --ckpt_path last", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:  # noqa: BLE001 — re-raised below unless it is (or wraps) bad user input
         cause = user_input_error(err)
         if cause is None:

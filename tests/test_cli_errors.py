@@ -1,0 +1,80 @@
+"""Runs that would end badly end with one line and a non-zero status, before anything is written: Trainer settings
+Lightning refuses, missing or cut-off checkpoints, a run that trains nothing, an unusable export folder, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_cli import workdir, write_config  # noqa: F401 — the fixture and the tiny config
+
+from lightning_adapters.cli import main
+
+
+def error_line(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("lightning-adapters: error: ")
+    return lines[-1]
+
+
+def test_a_trainer_setting_lightning_refuses_is_one_line(workdir, model_dirs, capsys):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"])
+    line = error_line(capsys, ["fit", "--config", str(config), "--trainer.strategy", "bogus"])
+    assert "invalid Trainer setting" in line and "bogus" in line
+    assert not (workdir / "ckpt").exists()
+
+
+def test_a_missing_or_cut_off_checkpoint_is_one_line(workdir, model_dirs, capsys):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1})
+    for command in ("fit", "test", "predict"):
+        line = error_line(capsys, [command, "--config", str(config), "--ckpt_path", str(workdir / "nope.ckpt")])
+        assert "nope.ckpt' not found" in line
+    main(["fit", "--config", str(config)])
+    whole = (workdir / "ckpt" / "last.ckpt").read_bytes()
+    (workdir / "cut.ckpt").write_bytes(whole[: len(whole) // 2])
+    line = error_line(capsys, ["test", "--config", str(config), "--ckpt_path", str(workdir / "cut.ckpt")])
+    assert "not a readable torch checkpoint" in line
+
+
+def test_zero_epochs_is_refused_and_the_last_good_adapter_stays(workdir, model_dirs, capsys):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1})
+    main(["fit", "--config", str(config)])
+    before = (workdir / "adapter" / "adapter_model.safetensors").read_bytes()
+    line = error_line(capsys, ["fit", "--config", str(config), "--trainer.max_epochs", "0"])
+    assert "trains nothing" in line
+    assert (workdir / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_an_export_dir_that_cannot_take_the_adapter_is_refused_before_training(workdir, model_dirs, capsys):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"])
+    precious = workdir / "notes"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("keep me")
+    line = error_line(capsys, ["fit", "--config", str(config), "--export_dir", str(precious)])
+    assert "not part of an adapter folder" in line
+    assert not (workdir / "ckpt").exists()  # refused before the first step
+    assert (precious / "thesis.txt").read_text() == "keep me"
+
+
+def test_sigterm_ends_the_run_with_a_non_zero_status_and_one_line(workdir, model_dirs):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1000})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    job = subprocess.Popen([sys.executable, "-m", "lightning_adapters.cli", "fit", "--config", str(config)],
+                           cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (workdir / "ckpt" / "last.ckpt").exists():  # training is under way
+        assert job.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    err = job.communicate(timeout=120)[1]
+    assert job.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1].startswith("lightning-adapters: error: stopped by SIGTERM")
+    assert not (workdir / "adapter").exists()
