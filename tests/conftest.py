@@ -15,10 +15,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModel,
     BertConfig,
+    DebertaV2Config,
     DistilBertConfig,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
+    OPTConfig,
     PreTrainedTokenizerFast,
     RobertaConfig,
     T5Config,
@@ -50,6 +52,17 @@ CONFIGS = {
                              intermediate_size=64, max_position_embeddings=128, **_COMMON),
 }
 FAMILIES = list(CONFIGS)
+# Families outside the shared contract suites (FAMILIES), for the tests that cover them (test_coverage_families.py).
+# DeBERTa-v3's shape: relative attention with both position terms, shared key projection, log buckets.
+MORE_CONFIGS = {
+    "deberta-v2": DebertaV2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=128, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                  position_buckets=16, max_relative_positions=-1, share_att_key=True,
+                                  position_biased_input=False, norm_rel_ebd="layer_norm", type_vocab_size=0,
+                                  **_COMMON),
+    "opt": OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, word_embed_proj_dim=32,
+                     max_position_embeddings=128, bos_token_id=2, eos_token_id=5, pad_token_id=0, **_COMMON),
+}
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -62,7 +75,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(family: str, seed: int = 0):
     torch.manual_seed(seed)
-    model = AutoModel.from_config(copy.deepcopy(CONFIGS[family]))  # tests may change a config: never share it
+    config = {**CONFIGS, **MORE_CONFIGS}[family]
+    model = AutoModel.from_config(copy.deepcopy(config))  # tests may change a config: never share it
     model.eval()
     return model
 

@@ -8,6 +8,11 @@ the base weight exactly (`merge_adapters`) and come out again by division (`unme
 and ModernBERT's ``Wqkv`` compute queries, keys and values in one fused projection: only the key and value thirds of
 their output are scaled, as the paper prescribes.
 
+Where: a table of known families (``config.model_type``), else a structural fallback (`targets.
+find_key_value_projections`): one traced forward finds, in each block, the key/value projections (those sharing one
+input inside an attention module, the query excepted) and the FFN output projection (whose input is the activation).
+A fused q/k/v projection found that way is used only when its layout is known (``FUSED_QKV``); others are refused.
+
 Paper: https://arxiv.org/abs/2205.05638 (Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and
 Cheaper than In-Context Learning").
 """
@@ -20,7 +25,8 @@ from transformers.pytorch_utils import Conv1D
 
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.strategies.base import AdapterLayer, Strategy, linear_features, match_target, replace_module
-from lightning_adapters.strategies.lora import default_targets, select_linear
+from lightning_adapters.strategies.lora import model_type, select_linear
+from lightning_adapters.strategies.targets import find_key_value_projections
 
 _BERT_LIKE = (["key", "value"], r".*\.layer\.\d+\.output\.dense")  # not attention.output.dense
 _LLAMA_LIKE = (["k_proj", "v_proj"], ["down_proj"])
@@ -134,7 +140,7 @@ class IA3(Strategy):
         if self.target_modules is not None:
             targets, ff_spec = self.target_modules, self.feedforward_modules
         else:
-            targets, default_ff = default_targets(model, DEFAULT_TARGETS, "IA3")
+            targets, default_ff = DEFAULT_TARGETS.get(model_type(model)) or structural_targets(model)
             ff_spec = self.feedforward_modules if self.feedforward_modules is not None else default_ff
         names = select_linear(model, targets, self.exclude_modules, "IA3")
         feedforward = select_linear(model, ff_spec, None, "IA3 feedforward_modules") if ff_spec else []
@@ -142,6 +148,24 @@ class IA3(Strategy):
         feedforward = [name for name in feedforward if not (self.exclude_modules
                                                             and match_target(name, self.exclude_modules))]
         return names + [name for name in feedforward if name not in names], set(feedforward)
+
+
+def structural_targets(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(key/value projections, FFN output projections) of a family missing from the table, found by tracing; a clear
+    refusal when none are found."""
+    config = getattr(model, "config", None)
+    found: tuple[list[str], list[str], list[str]] = ([], [], [])
+    if getattr(config, "hidden_size", None) and hasattr(model, "dummy_inputs"):
+        found = find_key_value_projections(model)
+    keys_values, fused, ffn = found
+    known = [name for name in fused if name.rpartition(".")[2] in FUSED_QKV]
+    if keys_values or known:
+        return keys_values + known, ffn
+    unknown = f" (fused q/k/v projections of unknown layout: {fused[0]!r}, ...)" if fused else ""
+    raise UserInputError(f"no default IA3 targets for model_type '{model_type(model)}' and no key/value projections "
+                         f"found by structure{unknown} — pass target_modules (its key/value projections) and "
+                         f"feedforward_modules (its FFN output projections); known types: "
+                         f"{', '.join(sorted(DEFAULT_TARGETS))}")
 
 
 def fused_kv_span(module: nn.Module, name: str) -> tuple[int, int] | None:

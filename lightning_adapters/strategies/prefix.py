@@ -13,11 +13,12 @@ The prefixes reach the layers through `prefix_attention` (one registered attenti
 transformers' cache classes; see there). This file holds what is learned and how: `PrefixEncoder`, the
 strategy and `capture_key_values`.
 
-Positions: prefix keys carry no position of their own (no RoPE is applied to them, T5 adds no relative bias). In
-decoders the input moves to positions ``N..N+s-1`` (counted along the attention mask), as when the paper's GPT-2 code
-and PEFT pass the prefix as a KV cache; encoders keep ``0..s-1``. So a prefix taken from a real text P
-(`capture_key_values`) reproduces the run on ``[P; x]`` exactly for decoders, and for encoders the run in which P
-does not attend to x with x at positions ``N..`` (pass those ``position_ids``).
+Positions: prefix keys carry no position of their own (no RoPE is applied to them, T5 adds no relative bias, DeBERTa
+scores them by content only: `prefix_disentangled`). In decoders the input moves to positions ``N..N+s-1`` (counted
+along the attention mask), as when the paper's GPT-2 code and PEFT pass the prefix as a KV cache; encoders keep
+``0..s-1``. So a prefix taken from a real text P (`capture_key_values`) reproduces the run on ``[P; x]`` exactly for
+decoders, and for encoders the run in which P does not attend to x with x at positions ``N..`` (pass those
+``position_ids``).
 
 Paper: https://arxiv.org/abs/2101.00190 (Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for
 Generation").

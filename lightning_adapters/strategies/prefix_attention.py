@@ -9,7 +9,11 @@ function the layer would have called. The model-level masks are built as before 
 This holds for encoders, decoders and both stacks of encoder-decoders (self- and cross-attention), works with a KV
 cache (the prefix is never stored in it) and with gradient checkpointing (the prefix is computed inside each layer, so
 recomputation is exact). Refused: attention implementations other than eager/sdpa (flash/flex pack masks
-differently) and families whose attention does not go through the interface.
+differently).
+
+Attention that does not go through the interface is covered where we have a path for it: DeBERTa-v2/v3's
+disentangled attention (`prefix_disentangled`: prefix scored by content only, no relative position). Any other such
+family is refused by name.
 
 Where the prefixes come from (a plain tensor or the reparameterisation MLP) is `prefix.PrefixEncoder`'s business:
 this module only asks the encoder of each routed layer for ``key_value(index)``.
@@ -28,6 +32,7 @@ from torch import nn
 from transformers import AttentionInterface
 
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.strategies import prefix_disentangled
 
 if TYPE_CHECKING:  # prefix.py imports this module
     from lightning_adapters.strategies.prefix import PrefixEncoder
@@ -41,8 +46,8 @@ class Slot:
     """What the attention function needs about one attention module (a plain attribute, not a submodule)."""
 
     index: int
-    inner: Callable
-    implementation: str
+    inner: Callable | None  # None on the DeBERTa path, which has no interface function to call
+    implementation: str  # eager, sdpa, or "disentangled" (DeBERTa)
     encoder: PrefixEncoder | None = None  # None while tracing shapes
     seen: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -99,19 +104,27 @@ def installed_slots(model: nn.Module) -> list[Slot]:
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    """Modules whose forward dispatches through transformers' attention interface, found by their code."""
-    found = [module for module in model.modules() if hasattr(module, "config") and "ALL_ATTENTION_FUNCTIONS"
-             in inspect.unwrap(type(module).forward).__code__.co_names]
+    """Attention modules we can prefix: those dispatching through transformers' attention interface (found by their
+    code) and DeBERTa-v2/v3's disentangled attention (found by its parts)."""
+    found = [module for module in model.modules() if _dispatches(module) or prefix_disentangled.is_disentangled(module)]
     if not found:
         kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
-        raise UserInputError(f"prefix tuning cannot inject keys/values into model_type '{kind}': none of its "
-                             "attention layers dispatches through transformers' AttentionInterface — use LoRA, IA3, "
-                             "a bottleneck adapter or prompt tuning for this family")
+        raise UserInputError(f"prefix tuning cannot inject keys/values into model_type '{kind}': its attention neither "
+                             "dispatches through transformers' AttentionInterface (BERT, RoBERTa, GPT-2, Llama, "
+                             "Mistral, T5, BART, ...) nor is DeBERTa-v2/v3's disentangled attention — use LoRA, IA3, a "
+                             "bottleneck adapter or prompt tuning for this family")
     return found
 
 
-def _inner_attention(module: nn.Module) -> tuple[Callable, str]:
+def _dispatches(module: nn.Module) -> bool:
+    return hasattr(module, "config") and "ALL_ATTENTION_FUNCTIONS" in inspect.unwrap(
+        type(module).forward).__code__.co_names
+
+
+def _inner_attention(module: nn.Module) -> tuple[Callable | None, str]:
     """The attention function ``module`` calls now (as its own code looks it up), and the implementation's name."""
+    if not _dispatches(module):
+        return None, "disentangled"  # DeBERTa computes its attention itself, whatever the config names
     implementation = module.config._attn_implementation or "eager"
     scope = inspect.unwrap(type(module).forward).__globals__
     if implementation not in ("eager", "sdpa") or (implementation == "eager" and
@@ -123,10 +136,14 @@ def _inner_attention(module: nn.Module) -> tuple[Callable, str]:
     return inner, implementation
 
 
-def _install(index: int, module: nn.Module, inner: Callable, implementation: str) -> Slot:
-    """Route ``module``'s attention through `prefix_attention`, which then calls ``inner``."""
+def _install(index: int, module: nn.Module, inner: Callable | None, implementation: str) -> Slot:
+    """Route ``module``'s attention through `prefix_attention` (which then calls ``inner``), or DeBERTa's through
+    `prefix_disentangled`."""
     slot = Slot(index, inner, implementation)
     setattr(module, _SLOT, slot)
+    if inner is None:
+        prefix_disentangled.install(module, slot)
+        return slot
     config = copy.copy(module.config)  # private copy: the model-level config (and so its masks) stays as it was
     config._attn_implementation_internal = ATTENTION_NAME
     module.config = config

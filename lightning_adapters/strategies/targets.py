@@ -3,7 +3,9 @@
 Bottleneck adapters wrap the *output projection* of each sublayer (the Linear that writes back into the residual
 stream). The table names them for common families; for any other architecture `find_output_projections` traces
 one forward pass on the model's dummy inputs and keeps the Linear layers that write hidden-size outputs from an input
-no other Linear reads (q/k/v share their input; o_proj and down_proj do not).
+no other Linear reads (q/k/v share their input; o_proj and down_proj do not). IA3 scales keys, values and the FFN
+activation: `find_key_value_projections` finds the projections that share one input inside an attention module, from
+the same trace.
 """
 
 from __future__ import annotations
@@ -38,33 +40,82 @@ def find_output_projections(model: nn.Module) -> dict[str, list[str]]:
     return _trace_output_projections(model)
 
 
-def _trace_output_projections(model: nn.Module) -> dict[str, list[str]]:
-    hidden = model.config.hidden_size
-    inputs_seen: dict[int, list[str]] = {}
+def _trace_linear_inputs(model: nn.Module) -> list[tuple[str, int, bool]]:
+    """Every Linear call of one forward pass on the model's dummy inputs, in call order: (module name, id of its input,
+    whether that input is a token stream of the dummy batch — not e.g. DeBERTa's table of relative positions)."""
+    dummy = {k: v.to(model.device) for k, v in model.dummy_inputs.items()}
+    batch = next(iter(dummy.values())).shape[0]
+    calls: list[tuple[str, int, bool]] = []
     alive = []  # keep traced inputs alive so that id() values are never reused during the trace
     hooks = []
     for name, module in model.named_modules():
         if is_linear(module):
             def record(mod, args, name=name):
-                alive.append(args[0])
-                inputs_seen.setdefault(id(args[0]), []).append(name)
+                if args:
+                    alive.append(args[0])
+                    calls.append((name, id(args[0]), args[0].dim() == 3 and args[0].shape[0] == batch))
             hooks.append(module.register_forward_pre_hook(record))
     try:
         with torch.no_grad():
-            dummy = {k: v.to(model.device) for k, v in model.dummy_inputs.items()}
             model(**dummy)
     finally:
         for hook in hooks:
             hook.remove()
+    return calls
+
+
+def _trace_output_projections(model: nn.Module,
+                              calls: list[tuple[str, int, bool]] | None = None) -> dict[str, list[str]]:
+    hidden = model.config.hidden_size
+    inputs_seen: dict[int, list[str]] = {}
+    for name, input_id, _ in calls if calls is not None else _trace_linear_inputs(model):
+        inputs_seen.setdefault(input_id, []).append(name)
     found: dict[str, list[str]] = {"attention": [], "ffn": []}
     for readers in inputs_seen.values():
         if len(readers) != 1:
             continue  # an input several projections read (q/k/v, gate/up) is a sublayer input, not an output
         name = readers[0]
         in_features, out_features = linear_features(model.get_submodule(name))
-        if out_features == hidden and any(part.isdigit() for part in name.split(".")):
+        if out_features == hidden and _in_block(name):
             found["attention" if in_features == hidden else "ffn"].append(name)
     return found
+
+
+def find_key_value_projections(model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    """By tracing: (key and value projections, fused q/k/v candidates, FFN output projections) of every block.
+
+    The projections of one attention module that read the same token stream are its query, key and value, in that
+    call order — or, in cross-attention, its key and value only (the query reads the decoder's stream). Projections
+    beside an FFN output projection (gate/up) belong to the FFN. A lone projection that triples its input width beside
+    an attention output projection is a fused q/k/v candidate; its layout (``[q | k | v]`` or per head) is not traced.
+    """
+    hidden = model.config.hidden_size
+    calls = _trace_linear_inputs(model)
+    found = _trace_output_projections(model, calls)
+    ffn_scopes = {name.rpartition(".")[0] for name in found["ffn"]}
+    attention_scopes = {name.rpartition(".")[0] for name in found["attention"]}
+    groups: dict[tuple[int, str], list[str]] = {}  # (input, parent module) -> its readers, in call order
+    for name, input_id, stream in calls:
+        scope = name.rpartition(".")[0]
+        if stream and _in_block(name) and scope not in ffn_scopes \
+                and linear_features(model.get_submodule(name))[0] == hidden:
+            readers = groups.setdefault((input_id, scope), [])
+            if name not in readers:
+                readers.append(name)
+    keys_values, fused = [], []
+    for (_, scope), readers in groups.items():
+        if len(readers) in (2, 3):
+            keys_values += readers[-2:]  # q, k, v: drop the query; cross-attention's k, v: both
+        elif len(readers) == 1 and scope in attention_scopes:
+            in_features, out_features = linear_features(model.get_submodule(readers[0]))
+            if out_features == 3 * in_features:
+                fused.append(readers[0])
+    return keys_values, fused, found["ffn"]
+
+
+def _in_block(name: str) -> bool:
+    """Inside a numbered transformer block: never a pooler, a classifier or an LM head."""
+    return any(part.isdigit() for part in name.split("."))
 
 
 def find_sublayer_input(model: nn.Module, output_projection: str) -> str:
