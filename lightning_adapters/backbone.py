@@ -59,6 +59,11 @@ def resolve(name: str) -> BackboneSource:
     if name.endswith(".gguf"):
         if not path.is_file():
             raise UserInputError(f"GGUF file not found: '{name}' — pass an existing .gguf path")
+        with open(path, "rb") as file:
+            magic = file.read(4)
+        if magic != b"GGUF":  # every GGUF file starts so; transformers would fail later with a traceback
+            raise UserInputError(f"'{name}' is not a GGUF file (it does not start with the bytes 'GGUF') — pass a "
+                                 ".gguf file written by llama.cpp, or the model's Hugging Face folder")
         return BackboneSource(str(path.parent), path.name)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         if not path.is_dir():
@@ -121,6 +126,15 @@ def parse_dtype(dtype: str | None) -> torch.dtype | None:
     return _DTYPES[dtype]
 
 
+def refuse_remote_code(err: ValueError, name: str) -> None:
+    """Turn transformers' "pass the argument `trust_remote_code=True`" ValueError (a checkpoint whose config maps
+    to its own Python code) into one line naming our option; other ValueErrors pass through."""
+    if "trust_remote_code" in str(err):
+        raise UserInputError(f"model '{name}' needs its own Python code (auto_map in its config.json), which runs only "
+                             "if you trust it — set model.init_args.trust_remote_code: true (--model.init_args."
+                             "trust_remote_code true) after reading that code, or pick another backbone") from err
+
+
 def load_model(name: str, auto_class: type, dtype: str | None = None, revision: str | None = None,
                trust_remote_code: bool = False) -> nn.Module:
     """Load a backbone with ``auto_class`` (e.g. `AutoModel`) and freeze every one of its parameters."""
@@ -133,6 +147,9 @@ def load_model(name: str, auto_class: type, dtype: str | None = None, revision: 
     except OSError as err:  # transformers reports a missing local or hub model as OSError
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(f"cannot load model '{name}': {first_line}") from err
+    except ValueError as err:
+        refuse_remote_code(err, name)
+        raise
     model.requires_grad_(False)
     return model
 
@@ -147,6 +164,9 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
                                                   **source.kwargs())
     except OSError as err:
         raise UserInputError(f"cannot load the tokenizer of '{name}': {str(err).strip().splitlines()[0]}") from err
+    except ValueError as err:
+        refuse_remote_code(err, name)
+        raise
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserInputError(f"tokenizer of '{name}' has neither a pad nor an EOS token — add a pad token")

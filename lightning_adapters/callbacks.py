@@ -11,6 +11,8 @@ from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_adapters.errors import UserInputError
+
 
 class JsonlPredictionWriter(BasePredictionWriter):
     """Write ``predict`` results as JSON Lines, one object per input (e.g. text, label, probabilities).
@@ -29,8 +31,13 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._file = None
 
     def _target(self, trainer) -> Path:
-        path = Path(self.output) if self.output else Path(trainer.log_dir or ".") / "predictions.jsonl"
+        path = Path(self.output).expanduser() if self.output else Path(trainer.log_dir or ".") / "predictions.jsonl"
         return path.with_suffix(f".rank{trainer.global_rank}.jsonl") if trainer.world_size > 1 else path
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Refuse an unusable output path before any prediction runs (not after the last batch)."""
+        if stage == "predict":
+            check_output_file(self._target(trainer), "JsonlPredictionWriter output")
 
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
         target = self._target(trainer)
@@ -45,9 +52,32 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         target = self._target(trainer)
         self._file.close()
-        os.replace(self._file.name, target)
+        try:
+            os.replace(self._file.name, target)
+        except OSError as err:  # the target changed during the run (e.g. a folder was created there)
+            self._discard()
+            raise UserInputError(f"cannot write predictions to '{target}' ({err.strerror}) — pass a file path as "
+                                 "JsonlPredictionWriter's output") from err
         self._file = None
         print(f"predictions written to {target}")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._discard()  # a failed run leaves no half-written .partial file behind
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            Path(self._file.name).unlink(missing_ok=True)
+            self._file = None
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Raise unless ``path`` can become a file: not a folder, and no file where one of its folders should be."""
+    if path.is_dir():
+        raise UserInputError(f"{what} '{path}' is a folder — pass a file path, e.g. '{path / 'predictions.jsonl'}'")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise UserInputError(f"{what} '{path}' lies inside '{blocking}', which is a file — pass a path in a folder")
 
 
 class EarlyStopping(callbacks.EarlyStopping):

@@ -1,7 +1,11 @@
 """CoNLL-format token files and entity tagging schemes, checked line by line.
 
-A CoNLL file holds one token per line as whitespace-separated columns (``token [POS chunk ...] tag``), sentences
-separated by blank lines; ``-DOCSTART-`` lines (document separators in the original CoNLL-2003 files) are skipped.
+A CoNLL file holds one token per line as columns separated by spaces or tabs (``token [POS chunk ...] tag``),
+sentences separated by blank lines; ``-DOCSTART-`` lines (document separators in the original CoNLL-2003 files) are
+skipped. Only ASCII spaces and tabs separate columns, and only LF, CR LF or CR end a line: a no-break space (U+00A0)
+inside a token, e.g. "10 000" written with one, stays in the token (at the ends of a line it is stripped), and a
+U+0085 or U+2028 in the text does not shift every later line number (Python's ``str.split()`` and ``splitlines()``
+treat all of them as breaks).
 
 Tags are normalised to IOB2 (every entity starts with ``B-``), the scheme seqeval and conlleval score in:
 
@@ -16,6 +20,7 @@ IOB1 and IO normalise by the same rule (an entity-starting ``I-X`` becomes ``B-X
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +32,7 @@ from lightning_adapters.readers import load_hub_splits
 Scheme = Literal["auto", "IOB1", "IOB2", "IO"]
 SCHEMES = ("auto", "IOB1", "IOB2", "IO")
 DOCSTART = "-DOCSTART-"
+_COLUMN_SEPARATOR = re.compile(r"[ \t\f\v]+")  # ASCII only: see the module docstring
 
 
 @dataclass
@@ -93,14 +99,15 @@ def read_conll(path: str | Path, source: str, tag_column: int | None = -1) -> li
     """Sentences of a CoNLL file. ``tag_column``: index of the tag column (negative: from the end); ``None`` reads
     words only (prediction input, where a tag column is optional)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM would start the first token
     except UnicodeDecodeError as err:
         raise UserInputError(f"{source} is not UTF-8 text (byte {err.start}) — convert it to UTF-8") from err
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
-    for number, line in enumerate(text.splitlines() + [""], 1):
-        columns = line.split()
+    for number, line in enumerate(text.split("\n") + [""], 1):
+        line = line.strip()  # any whitespace at the ends, so a trailing no-break space never joins the tag
+        columns = _COLUMN_SEPARATOR.split(line) if line else []
         if not columns or columns[0] == DOCSTART:  # a blank or document line ends the sentence
             if words:
                 sentences.append(Sentence(words, tags if tag_column is not None else None, number - len(words),

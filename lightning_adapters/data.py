@@ -22,7 +22,15 @@ from lightning_adapters.loading import (  # noqa: F401 — EpochShuffleSampler: 
     SplitDataModule,
     row_ids,
 )
-from lightning_adapters.readers import READERS, Table, infer_label_names, is_missing, label_ids, load_hub_splits
+from lightning_adapters.readers import (
+    READERS,
+    Table,
+    column_labels,
+    column_texts,
+    infer_label_names,
+    label_ids,
+    load_hub_splits,
+)
 from lightning_adapters.splits import carve_missing_splits
 
 SPLITS = ("train", "validation", "test", "predict")
@@ -42,6 +50,49 @@ def existing_file(option: str, name: str) -> Path:
     if not path.is_file():
         raise UserInputError(f"{option} not found: '{name}' — pass an existing file")
     return path
+
+
+# Position ids of these models start after the pad id (RoBERTa's padding_idx + 1): that many fewer usable positions.
+_PAD_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "longformer",
+                     "data2vec-text", "mpnet", "ibert"}
+
+
+def position_limit(name: str, tokenizer) -> int | None:
+    """The longest input backbone ``name`` takes: its position table and its tokenizer's ``model_max_length``,
+    whichever is smaller; None when neither says (relative positions, as in T5)."""
+    from transformers import AutoConfig
+
+    unset = getattr(tokenizer, "model_max_length", None) is None or tokenizer.model_max_length >= 1_000_000  # 1e30
+    limits = [] if unset else [tokenizer.model_max_length]
+    try:
+        source = resolve(name)
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=False, **source.kwargs())
+    except Exception:  # noqa: BLE001 — no readable config (offline hub id, custom code): the tokenizer's limit holds
+        config = None
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in _PAD_OFFSET_TYPES else 0
+        limits.append(positions - offset)
+    return min(limits) if limits else None
+
+
+def fit_max_length(max_length: int, name: str, tokenizer) -> int:
+    """``max_length``, capped at what the backbone takes (longer inputs fail inside the model with a tensor-size
+    error), with a note when it is capped."""
+    limit = position_limit(name, tokenizer)
+    if limit is None or max_length <= limit:
+        return max_length
+    rank_zero_info(f"max_length={max_length} is more than the {limit} positions backbone '{name}' takes: "
+                   f"using max_length={limit}")
+    return limit
+
+
+def count_truncated(tokenizer, texts: list[str], truncated: list[list[int]], max_length: int) -> int:
+    """How many ``texts`` were cut to fit ``max_length`` (only those that reached it are tokenized again)."""
+    full = [text for text, ids in zip(texts, truncated, strict=True) if len(ids) >= max_length]
+    if not full:
+        return 0
+    return sum(len(ids) > max_length for ids in tokenizer(full, verbose=False)["input_ids"])
 
 
 Split = tuple[list[str], list[int] | None, list[Any]]  # texts, label ids (None: unlabelled), row ids
@@ -87,7 +138,8 @@ class TextClassificationDataModule(SplitDataModule):
         validation_fraction: share of the training rows (after the test split) held out for validation when missing.
         test_fraction: share of the training rows held out for test when missing.
         seed: seed of the split and of the training-batch order.
-        max_length: longest tokenized input; longer ones are truncated.
+        max_length: longest tokenized input; longer ones are truncated (setup logs how many); capped at the
+            backbone's positions.
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: data-loading worker processes.
@@ -121,8 +173,13 @@ class TextClassificationDataModule(SplitDataModule):
             split: self._examples(table, labelled=split != "predict") for split, table in tables.items()}
         carve_missing_splits(self.splits, {"test": self.test_fraction, "validation": self.validation_fraction},
                              self.seed, keys=lambda split: split[1], take=_rows_of)
+        train_labels = self.splits["train"][1] if "train" in self.splits else None
+        # training rows per label, for ClassificationHead(class_weights="balanced") (the CLI links it)
+        self.label_counts: list[int] | None = None if train_labels is None else [
+            train_labels.count(i) for i in range(len(self.label_names))]
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list[dict[str, Any]]] = {}
+        self.truncated: dict[str, int] = {}  # split -> rows longer than max_length (cut), counted in setup()
 
     # ---- reading and checking (all in __init__) ----------------------------------------------------------------
     def read_table(self, path: Path, source: str) -> Table:
@@ -160,10 +217,11 @@ class TextClassificationDataModule(SplitDataModule):
         if "train" not in tables:
             raise UserInputError("no training data to take the label names from — pass train_file (or hub_dataset), "
                                  "or label_names")
-        return infer_label_names(tables["train"].column(self.label_column, "label_column"))
+        train = tables["train"]
+        return infer_label_names(column_labels(train, self.label_column, "label_column"), train)
 
     def _examples(self, table: Table, labelled: bool) -> Split:
-        texts = ["" if is_missing(v) else str(v) for v in table.column(self.text_column, "text_column")]
+        texts = column_texts(table, self.text_column, "text_column")
         blank = next((row for row, text in enumerate(texts) if not text.strip()), None)
         if blank is not None:
             raise UserInputError(f"{table.where(blank)}: empty text in column '{self.text_column}' — fill it in or "
@@ -171,16 +229,18 @@ class TextClassificationDataModule(SplitDataModule):
         ids = row_ids(table.columns, len(texts))
         if not labelled and self.label_column not in table.columns:
             return texts, None, ids
-        return texts, label_ids(table.column(self.label_column, "label_column"), table, self.label_names), ids
+        return texts, label_ids(column_labels(table, self.label_column, "label_column"), table, self.label_names), ids
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name)
+            self.max_length = fit_max_length(self.max_length, self.tokenizer_name, self.tokenizer)
         for split, (texts, labels, ids) in self.splits.items():
             if split in self._datasets:
                 continue
             encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
+            self.truncated[split] = count_truncated(self.tokenizer, texts, encoded["input_ids"], self.max_length)
             items = [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
                      for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
                                                         strict=True)]
@@ -190,7 +250,9 @@ class TextClassificationDataModule(SplitDataModule):
                     item["meta"]["gold_label"] = self.label_names[label]
             self._datasets[split] = items
         sizes = ", ".join(f"{split} {len(split_rows[0]):,}" for split, split_rows in self.splits.items())
-        rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels")
+        cut = ", ".join(f"{split} {count:,}" for split, count in self.truncated.items() if count)
+        rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels"
+                       + (f"; rows cut at max_length={self.max_length} tokens: {cut}" if cut else ""))
 
     def collator(self, stage: str) -> TextCollator:
         """Prediction batches also carry the raw ``text`` and ``meta`` for prediction writers."""

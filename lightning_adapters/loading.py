@@ -104,6 +104,7 @@ class SplitDataModule(L.LightningDataModule):
     num_workers: int
     _datasets: dict[str, Sequence[Any]]
     carved_splits: tuple[str, ...] = ("validation", "test")  # splits a <split>_fraction can carve from train
+    label_counts: list[int] | None = None  # training rows per label where labels are classes (the CLI links it)
 
     def collator(self, stage: str) -> Callable:
         """The collate function of ``stage`` (``train``, ``validation``, ``test`` or ``predict``)."""

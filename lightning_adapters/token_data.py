@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.conll import SCHEMES, Scheme, Sentence, label_set, read_conll, read_hub, split_tag, to_iob2
-from lightning_adapters.data import check_limits, existing_file
+from lightning_adapters.data import check_limits, existing_file, fit_max_length
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.loading import SplitDataModule
 from lightning_adapters.splits import carve_missing_splits
@@ -99,7 +99,8 @@ class TokenClassificationDataModule(SplitDataModule):
         label_subwords: which sub-words of a word carry its label: ``first``, ``last`` or ``all``.
         validation_fraction: share of the training sentences held out for validation when there is no validation file.
         seed: seed of the validation split and of the training-batch order.
-        max_length: longest tokenized sentence; words past it are cut off (and count as predicted ``O``).
+        max_length: longest tokenized sentence; words past it are cut off (and count as predicted ``O``); capped at the
+            backbone's positions.
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: data-loading worker processes.
@@ -205,6 +206,7 @@ class TokenClassificationDataModule(SplitDataModule):
             if not getattr(self.tokenizer, "is_fast", False):
                 raise UserInputError(f"tokenizer of '{self.tokenizer_name}' is not a fast (Rust) tokenizer; token "
                                      "classification needs its character offsets — use a backbone with tokenizer.json")
+            self.max_length = fit_max_length(self.max_length, self.tokenizer_name, self.tokenizer)
         for split, sentences in self.splits.items():
             if split not in self._datasets:
                 self._datasets[split] = [self.encode(sentence) for sentence in sentences]

@@ -16,10 +16,12 @@ import datasets
 import pandas as pd
 import pytest
 import torch
+from conftest import CONFIGS
 from transformers import BertTokenizerFast
 
 from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.heads.classification import ClassificationHead
 from lightning_adapters.tasks.customer_service import CustomerServiceDataModule
 from lightning_adapters.tasks.finance_sentiment import LABEL_NAMES, FinanceSentimentDataModule, read_phrasebank_txt
 
@@ -285,3 +287,58 @@ def test_customer_service_sample_uses_banking77_intent_names(tok):
         json.loads((BANKING77 / "categories.json").read_text()))
     assert not unknown, f"sample intents that BANKING77 does not have (check the spelling): {sorted(unknown)}"
 
+
+
+# ---- packs take another file's columns and labels; class weights; per-class scores --------------------------------
+def test_packs_take_the_generic_column_and_label_options(tok, tmp_path):
+    rows = [(f"the company profit rose {i}", "bullish") for i in range(10)] + [
+        (f"profit fell {i}", "bearish") for i in range(10)]
+    path = write(tmp_path / "headlines.csv", rows, columns=("headline", "sentiment"))
+    finance = FinanceSentimentDataModule(tokenizer=tok, train_file=path, text_column="headline",
+                                         label_column="sentiment", label_names=["bearish", "bullish"])
+    assert finance.label_names == ["bearish", "bullish"] and finance.splits["train"][0][0] in {t for t, _ in rows}
+    with pytest.raises(UserInputError, match="label 'bullish' is not one of the label names \\(negative, neutral"):
+        FinanceSentimentDataModule(tokenizer=tok, train_file=path, text_column="headline", label_column="sentiment")
+    service = CustomerServiceDataModule(tokenizer=tok, train_file=path, text_column="headline",
+                                        label_column="sentiment")
+    assert service.label_names == ["bearish", "bullish"]
+
+
+def test_label_counts_are_the_training_rows_per_label(tok, tmp_path):
+    data = module(tok, train_file=big_train(tmp_path), test_fraction=0.2)
+    train_labels = data.splits["train"][1]
+    assert data.label_counts == [train_labels.count(i) for i in range(3)] and sum(data.label_counts) == len(
+        train_labels)
+
+
+def test_class_weights_scale_the_loss_and_balanced_uses_inverse_frequency():
+    logits, batch = torch.randn(6, 3), {"labels": torch.tensor([0, 0, 0, 0, 1, 2])}
+    plain, weighted = ClassificationHead(), ClassificationHead(class_weights=[1.0, 2.0, 0.5])
+    balanced = ClassificationHead(class_weights="balanced", label_counts=[40, 10, 10])
+    for head in (plain, weighted, balanced):
+        head.build(CONFIGS["bert"], LABEL_NAMES)
+    assert torch.allclose(plain.loss(logits, batch), torch.nn.functional.cross_entropy(logits, batch["labels"]))
+    assert torch.allclose(weighted.loss(logits, batch), torch.nn.functional.cross_entropy(
+        logits, batch["labels"], weight=torch.tensor([1.0, 2.0, 0.5])))
+    assert balanced.loss_weights.tolist() == pytest.approx([0.5, 2.0, 2.0])  # 60 / (3 × count)
+    for kwargs, message in (({"class_weights": [1.0, 2.0]}, "does not give one weight per label"),
+                            ({"class_weights": "balanced"}, "needs the training label counts"),
+                            ({"class_weights": "balanced", "label_counts": [5, 0, 1]}, "none of \\['neutral'\\]")):
+        with pytest.raises(UserInputError, match=message):
+            ClassificationHead(**kwargs).build(CONFIGS["bert"], LABEL_NAMES)
+
+
+def test_classification_test_reports_precision_recall_f1_per_label():
+    head = ClassificationHead()
+    head.build(CONFIGS["bert"], LABEL_NAMES)
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 2]), 3).float()
+    batch = {"labels": torch.tensor([0, 1, 1, 2])}
+    results = {}
+    for stage in ("val", "test"):
+        metrics = head.metrics().clone(prefix=f"{stage}_")
+        head.update_metrics(metrics, logits, batch, None, stage)
+        results[stage] = {k: round(float(v), 4) for k, v in metrics.compute().items()}
+    assert set(results["val"]) == {"val_accuracy", "val_macro_f1"}  # per label only at test: no flood per epoch
+    assert results["test"]["test_precision_negative"] == 0.5 and results["test"]["test_recall_neutral"] == 0.5
+    assert results["test"]["test_f1_negative"] == results["test"]["test_f1_neutral"] == 0.6667
+    assert results["test"]["test_f1_positive"] == 1.0 and results["test"]["test_accuracy"] == 0.75

@@ -49,12 +49,16 @@ class CustomerServiceDataModule(TextClassificationDataModule):
     Args:
         data_dir: BANKING77 folder (default: the bundled sample, which has its own splits).
         tokenizer: backbone whose tokenizer is used (the CLI links it from the model).
-        train_file: a file instead of ``data_dir`` (.csv/.tsv/.jsonl/.parquet with ``text``/``category`` columns).
+        train_file: a file instead of ``data_dir`` (.csv/.tsv/.jsonl/.parquet with ``text_column``/``label_column``
+            columns).
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
-        predict_file: queries to predict (a ``text`` column); the test split when missing.
+        predict_file: queries to predict (a ``text_column`` column); the test split when missing.
         hub_dataset: ``PolyAI/banking77`` for online users (its label column is ``label``).
         hub_config: configuration of ``hub_dataset``, if it has several.
+        text_column: column holding the query.
+        label_column: column holding the intent (default: ``category``, BANKING77's CSV column; ``label`` with
+            ``hub_dataset``).
         label_names: the intent set in id order (default: categories.json, the hub's class names, or the sorted
             training labels).
         validation_fraction: share of the training rows held out for validation when there is no validation file.
@@ -68,7 +72,8 @@ class CustomerServiceDataModule(TextClassificationDataModule):
 
     def __init__(self, data_dir: str | None = None, tokenizer: str = "minilm", train_file: str | None = None,
                  validation_file: str | None = None, test_file: str | None = None, predict_file: str | None = None,
-                 hub_dataset: str | None = None, hub_config: str | None = None, label_names: list[str] | None = None,
+                 hub_dataset: str | None = None, hub_config: str | None = None, text_column: str = "text",
+                 label_column: str | None = None, label_names: list[str] | None = None,
                  validation_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42, max_length: int = 128,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0) -> None:
         given = [name for name, value in (("data_dir", data_dir), ("train_file", train_file),
@@ -85,7 +90,8 @@ class CustomerServiceDataModule(TextClassificationDataModule):
             test_file = test_file or str(SAMPLE_DIR / "test.csv")
         super().__init__(tokenizer=tokenizer, train_file=train_file, validation_file=validation_file,
                          test_file=test_file, predict_file=predict_file, hub_dataset=hub_dataset, hub_config=hub_config,
-                         text_column="text", label_column="label" if hub_dataset else "category",
+                         text_column=text_column,
+                         label_column=label_column or ("label" if hub_dataset else "category"),
                          label_names=label_names, validation_fraction=validation_fraction,
                          test_fraction=test_fraction, seed=seed, max_length=max_length, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, num_workers=num_workers)

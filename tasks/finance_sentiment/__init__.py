@@ -71,13 +71,17 @@ class FinanceSentimentDataModule(TextClassificationDataModule):
         data_dir: Financial PhraseBank folder (default: the bundled sample, which has its own splits).
         agreement: annotator-agreement level to read: ``allagree`` (100%), ``75agree``, ``66agree``, ``50agree``.
         tokenizer: backbone whose tokenizer is used (the CLI links it from the model).
-        train_file: a file instead of ``data_dir`` (.csv/.tsv/.jsonl/.parquet with ``sentence``/``label`` columns, or
-            an original ``sentence@label`` .txt file).
+        train_file: a file instead of ``data_dir`` (.csv/.tsv/.jsonl/.parquet with ``text_column``/``label_column``
+            columns, or an original ``sentence@label`` .txt file).
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
-        predict_file: sentences to predict (a ``sentence`` column); the test split when missing.
+        predict_file: sentences to predict (a ``text_column`` column); the test split when missing.
         hub_dataset: ``takala/financial_phrasebank`` for online users.
         hub_config: its configuration (default: ``sentences_<agreement>``).
+        text_column: column holding the sentence (default ``sentence``; the PhraseBank files use it).
+        label_column: column holding the label.
+        label_names: the label set in id order (default: negative, neutral, positive); set it for a file with other
+            labels (e.g. bearish, bullish).
         validation_fraction: share of the rows left after the test split held out for validation.
         test_fraction: share of the rows held out for test when there is no test file (0.2: an 80/20 split).
         seed: seed of the split and of the training-batch order.
@@ -91,7 +95,8 @@ class FinanceSentimentDataModule(TextClassificationDataModule):
                  agreement: Literal["allagree", "75agree", "66agree", "50agree"] = "allagree",
                  tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
-                 hub_config: str | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.2,
+                 hub_config: str | None = None, text_column: str = "sentence", label_column: str = "label",
+                 label_names: list[str] | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 42, max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0) -> None:
         if agreement not in _ORIGINAL_NAMES:
@@ -110,7 +115,7 @@ class FinanceSentimentDataModule(TextClassificationDataModule):
             hub_config = f"sentences_{agreement}"
         super().__init__(tokenizer=tokenizer, train_file=train_file, validation_file=validation_file,
                          test_file=test_file, predict_file=predict_file, hub_dataset=hub_dataset, hub_config=hub_config,
-                         text_column="sentence", label_column="label", label_names=LABEL_NAMES,
+                         text_column=text_column, label_column=label_column, label_names=label_names or LABEL_NAMES,
                          validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          num_workers=num_workers)
