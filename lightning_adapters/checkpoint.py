@@ -45,10 +45,7 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike, card: dict | 
         folder: the folder, created if needed; an existing one may hold only an adapter folder's files.
         card: optional model-card fields: ``data``, ``license``, ``command`` (strings), ``metrics`` (name -> value).
     """
-    strategy_config, adapter = module.strategy.export_state(module.backbone)
-    state = {f"backbone.{name}": tensor for name, tensor in adapter.items()}
-    # parameters, not state_dict(): under FSDP2 state_dict() hands out shards even inside module.full_weights()
-    state.update({f"head.{name}": param for name, param in module.head.named_parameters()})
+    strategy_config, state = module.export_weights()  # every trainable weight (AdapterModule.trainable_names)
     config = {
         "format": FORMAT,
         "backbone": module.backbone_name,  # as given: an alias stays an alias, not this machine's install path
@@ -142,5 +139,6 @@ def apply_adapter(module: AdapterModule, folder: str | os.PathLike) -> None:
     if config.get("label_names") != module.label_names:
         raise UserInputError(f"adapter '{folder}' was trained with labels {config.get('label_names')}, this model "
                              f"has {module.label_names} — use the same label names in the same order")
+    module.train_saved_weights(weights)  # base weights a folder holds were trained: train them again
     module.check_trainable_state(weights, f"adapter '{folder}'")
     module.load_state_dict(weights, strict=False)

@@ -2,14 +2,16 @@
 
 ``AdapterModule`` = frozen HF backbone + trainable strategy layers + trainable task head. Its checkpoints hold only
 the trainable weights (plus Lightning's optimizer, scheduler and loop state, and the RNG state for exact resume),
-never the frozen base: `state_dict` is filtered to the trainable names and loading checks that exactly those names
-come back and that the base model is the one the checkpoint was trained on.
+never the frozen base: `state_dict` is filtered to the trainable names (`trainable_names`: the one definition the
+optimizer, the parameter count and exports share) and loading checks that exactly those names come back and that the
+base model is the one the checkpoint was trained on.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,12 +20,13 @@ import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from lightning_adapters import backbone as hf
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
-from lightning_adapters.strategies import Bottleneck, Strategy, adapter_named_parameters
+from lightning_adapters.strategies import Bottleneck, Strategy, adapter_named_parameters, export_weights
 
 CHECKPOINT_KEY = "lightning_adapters"
 
@@ -46,6 +49,17 @@ def all_rng_states() -> list[dict[str, Any]]:
     return states
 
 
+def check_optimizer_settings(learning_rate: float, weight_decay: float, warmup_ratio: float) -> None:
+    """Refuse settings that would train nothing or diverge, in one line, before any model is loaded."""
+    if not (math.isfinite(learning_rate) and learning_rate > 0):  # `not >` also refuses NaN
+        raise UserInputError(f"learning_rate must be positive, got {learning_rate} — set e.g. learning_rate: 1e-3")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UserInputError(f"weight_decay must be >= 0, got {weight_decay} — set e.g. weight_decay: 0.01")
+    if not 0 <= warmup_ratio < 1:
+        raise UserInputError(f"warmup_ratio (a fraction of the steps) must be in [0, 1), got {warmup_ratio} — set "
+                             "e.g. warmup_ratio: 0.1")
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
@@ -60,7 +74,8 @@ class AdapterModule(L.LightningModule):
 
     Args:
         backbone: alias (``minilm``, ``smollm2``), local folder, ``.gguf`` file or hub id of the base model.
-        strategy: how the frozen model is made trainable (default: Pfeiffer bottleneck adapters).
+        strategy: how the frozen model is made trainable (default: Pfeiffer bottleneck adapters;
+            ``FullFineTuning``: the whole base trains, the baseline).
         head: what is predicted (default: sequence classification).
         label_names: label set of the task; the CLI links it from the DataModule.
         dtype: dtype of the frozen base (``float32``, ``bfloat16``, ``float16``); adapters and head stay fp32.
@@ -84,6 +99,7 @@ class AdapterModule(L.LightningModule):
                  trust_remote_code: bool = False, adapter: str | None = None,
                  gradient_checkpointing: bool = False) -> None:
         super().__init__()
+        check_optimizer_settings(learning_rate, weight_decay, warmup_ratio)
         self.backbone_name = backbone
         self.strategy = strategy or Bottleneck()
         self.head = head or ClassificationHead()
@@ -99,6 +115,7 @@ class AdapterModule(L.LightningModule):
             hf.enable_gradient_checkpointing(self.backbone)
         tokenizer = hf.load_tokenizer(backbone, revision, trust_remote_code) if self.head.uses_tokenizer else None
         self.head.build(self.backbone.config, self.label_names, tokenizer)
+        self._keep_trainable_fp32()  # e.g. full fine-tuning of a bfloat16 base
         self.base_fingerprint = hf.fingerprint(self.backbone)
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks the keys
         self.val_metrics = self.head.metrics().clone(prefix="val_")
@@ -118,10 +135,13 @@ class AdapterModule(L.LightningModule):
         low-precision base and fp32 adapters mix without dtype errors. Runs before DDP/FSDP wrap and the optimizer.
         """
         module = super()._apply(fn, *args, **kwargs)
-        for param in self.parameters():
-            if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
-                param.data = param.data.float()
+        self._keep_trainable_fp32()
         return module
+
+    def _keep_trainable_fp32(self) -> None:
+        for _, param in self.trainable_parameters():
+            if param.is_floating_point() and param.dtype != torch.float32:
+                param.data = param.data.float()
 
     def configure_model(self) -> None:
         """FSDP2 under Lightning's ``ModelParallelStrategy``: shard each transformer block, the rest of the base, and
@@ -155,10 +175,47 @@ class AdapterModule(L.LightningModule):
                 unit.reshard()
 
     # ---- what is trainable, and what a checkpoint holds -------------------------------------------------------
+    # ONE definition: a weight is trainable iff it requires grad once the strategy is applied (the strategy decides;
+    # a user may unfreeze a LayerNorm by hand). The optimizer, the count, `state_dict` and `export_weights` all read
+    # it, so nothing optimised is left out of a checkpoint, as it was with a structural list (adapter layers + head).
+    # One rule remains: adapter and head weights are not in the base checkpoint, so they must train (`check_trainable`).
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((name, param) for name, param in self.named_parameters() if param.requires_grad)
+
     def trainable_names(self) -> list[str]:
-        """Adapter weights (found by structure) and head weights: everything saved and optimised."""
-        names = [f"backbone.{name}" for name, _ in adapter_named_parameters(self.backbone)]
-        return names + [f"head.{name}" for name, _ in self.head.named_parameters()]
+        """Every weight that trains: what is optimised, counted, checkpointed and exported."""
+        return [name for name, _ in self.trainable_parameters()]
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) numbers of weights."""
+        return sum(p.numel() for _, p in self.trainable_parameters()), sum(p.numel() for p in self.parameters())
+
+    def check_trainable(self) -> None:
+        """Refuse frozen adapter or head weights: a checkpoint would leave them out, and no base model has them."""
+        frozen = [f"backbone.{name}" for name, p in adapter_named_parameters(self.backbone) if not p.requires_grad]
+        frozen += [f"head.{name}" for name, p in self.head.named_parameters() if not p.requires_grad]
+        if frozen:
+            raise UserInputError(f"{len(frozen)} adapter or head weights are frozen (e.g. '{frozen[0]}'), so no "
+                                 "checkpoint could restore them — keep every adapter and head weight trainable")
+
+    def export_weights(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(strategy config, weights) an adapter export holds: `strategies.export_weights` of the backbone (adapter
+        layers in inference form + every other trainable base weight) and the head."""
+        self.check_trainable()
+        config, backbone = export_weights(self.strategy, self.backbone)
+        state = {f"backbone.{name}": tensor for name, tensor in backbone.items()}
+        # parameters, not state_dict(): under FSDP2 state_dict() hands out shards even inside module.full_weights()
+        state.update({f"head.{name}": param for name, param in self.head.named_parameters()})
+        return config, state
+
+    def train_saved_weights(self, names: Iterable[str]) -> None:
+        """Make the frozen base weights among ``names`` trainable: an export holds one only because it was trained
+        (a LayerNorm the user unfroze), so the loaded module trains, and saves, what the exported one did."""
+        params = dict(self.named_parameters())
+        for name in names:
+            if name in params and not params[name].requires_grad:
+                params[name].requires_grad_(True)
+        self._keep_trainable_fp32()
 
     def state_dict(self, *args, **kwargs) -> dict[str, Any]:
         full = super().state_dict(*args, **kwargs)
@@ -211,7 +268,8 @@ class AdapterModule(L.LightningModule):
         return self.head(self.backbone, batch)
 
     def on_fit_start(self) -> None:
-        trainable, total = hf.count_parameters(self)
+        self.check_trainable()
+        trainable, total = self.parameter_counts()
         rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || "
                        f"trainable%: {100 * trainable / total:.4f}")
 
@@ -249,7 +307,7 @@ class AdapterModule(L.LightningModule):
         return self.head.predict(self.backbone, batch)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [param for _, param in self.trainable_parameters()]
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(params)
         else:

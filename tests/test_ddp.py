@@ -22,16 +22,14 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer
 from safetensors.torch import load_file
+from strategy_table import STRATEGIES as TABLE
 from test_cli import workdir, write_config  # noqa: F401 — workdir is a fixture
 from test_slurm import assert_same_weights, fit_config, sbatch, slurm_env, standins, state, wait_for  # noqa: F401
 
 from lightning_adapters.cli import run_cli
 
 ROWS, STEPS = 48, 3  # tests/test_cli.py writes 48 training rows; one step per epoch
-STRATEGIES = {
-    "bottleneck": {"class_path": "lightning_adapters.Bottleneck", "init_args": {"variant": "houlsby"}},
-    "lora": {"class_path": "lightning_adapters.strategies.Lora", "init_args": {"r": 4}},
-}
+STRATEGIES = {name: TABLE[name].config() for name in ("bottleneck", "lora")}  # as YAML names them
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from strategy_table import pick
 
-from lightning_adapters import IA3, AdapterModule, Bottleneck, JsonlPredictionWriter, Lora, PrefixTuning, PromptTuning
+from lightning_adapters import AdapterModule, JsonlPredictionWriter, Lora
 from lightning_adapters.cli import main
 from lightning_adapters.dialogue_data import FALLBACK_TEMPLATE, DialogueDataModule
 from lightning_adapters.errors import UserInputError
@@ -268,9 +269,7 @@ def test_pack_reads_real_bitext_with_intent_stratified_splits(model_dirs):
 
 
 # ---- end to end with the generation head ---------------------------------------------------------------------
-STRATEGIES = {"bottleneck": lambda: Bottleneck(variant="houlsby"), "lora": lambda: Lora(r=4),
-              "ia3": lambda: IA3(), "prompt": lambda: PromptTuning(num_virtual_tokens=3),
-              "prefix": lambda: PrefixTuning(num_virtual_tokens=3, reparameterize=False)}
+STRATEGIES = pick("bottleneck", "lora", "ia3", "prompt", prefix={"reparameterize": False})
 
 
 def tiny_trainer(**kwargs) -> L.Trainer:

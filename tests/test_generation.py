@@ -16,18 +16,17 @@ import torch
 from conftest import CONFIGS, build_tokenizer
 from lightning import Trainer
 from rouge_score import rouge_scorer
+from strategy_table import pick
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
-from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTuning, PromptTuning, UserInputError
+from lightning_adapters import AdapterModule, Lora, PromptTuning, UserInputError
 from lightning_adapters.checkpoint import load_adapter, save_adapter
 from lightning_adapters.heads.generation import GenerationHead
 from lightning_adapters.seq2seq_data import SummarizationDataModule
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity, split_sentences
 
 LM_FAMILIES = ["gpt2", "llama", "t5"]
-STRATEGIES = {"bottleneck": lambda: Bottleneck(variant="houlsby"), "lora": lambda: Lora(r=4),
-              "ia3": lambda: IA3(), "prefix": lambda: PrefixTuning(num_virtual_tokens=3, reparameterize=False),
-              "prompt": lambda: PromptTuning(num_virtual_tokens=3)}
+STRATEGIES = pick("bottleneck", "lora", "ia3", "prefix", "prompt", prefix={"reparameterize": False})
 SOURCES = ["the company profit rose in the quarter", "bank card cut", "net sales fell and shares dropped"]
 TARGETS = ["profit rose", "card cut", "sales fell"]
 

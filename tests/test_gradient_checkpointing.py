@@ -5,19 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build_tokenizer, sample_batch
+from strategy_table import pick
 from torch import nn
 
-from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTuning, PromptTuning, UserInputError
+from lightning_adapters import AdapterModule, Lora, UserInputError
 from lightning_adapters import backbone as hf
 
 LABELS = ["negative", "neutral", "positive"]
-STRATEGIES = {
-    "houlsby": lambda: Bottleneck(variant="houlsby", activation="tanh"),  # no dead ReLU units: every grad > 0
-    "lora": lambda: Lora(r=4, dropout=0.1),
-    "ia3": lambda: IA3(),
-    "prompt": lambda: PromptTuning(num_virtual_tokens=3),
-    "prefix": lambda: PrefixTuning(num_virtual_tokens=3, hidden=16),
-}
+# the table's bottleneck uses tanh: no dead ReLU units, so every grad > 0; LoRA dropout: the same masks recomputed
+STRATEGIES = pick("bottleneck", "lora", "ia3", "prompt", "prefix", lora={"dropout": 0.1})
 
 
 def gradients(path: str, strategy: str, checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from conftest import FAMILIES, build_model, build_tokenizer, sample_batch
+from safetensors.torch import load_file
+from test_cli import workdir, write_config  # noqa: F401 — workdir is a fixture
 from torch import nn
+from torch.utils.data import DataLoader
 
 from lightning_adapters import AdapterModule, Bottleneck, ClassificationHead, UserInputError, load_adapter, save_adapter
 from lightning_adapters.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from lightning_adapters.cli import main
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -34,6 +39,59 @@ def test_base_is_frozen_and_state_dict_holds_only_trainable_weights(model_dirs):
     assert set(module.state_dict()) == trainable
     assert all(n.startswith(("backbone.", "head.")) for n in trainable)
     assert not any(p.requires_grad for n, p in module.backbone.named_parameters() if "base_layer" in n)
+
+
+def test_an_unfrozen_base_weight_is_optimised_counted_checkpointed_and_exported(model_dirs, tmp_path):
+    """One definition of trainable: a LayerNorm the user unfreezes trains, counts, is saved, exported and reloaded."""
+    module = make_module(model_dirs["bert"])
+    adapter_only = module.parameter_counts()[0]
+    norm = module.backbone.encoder.layer[0].output.LayerNorm
+    norm.requires_grad_(True)
+    names = {"backbone.encoder.layer.0.output.LayerNorm.weight", "backbone.encoder.layer.0.output.LayerNorm.bias"}
+    before = norm.weight.detach().clone()
+    batch = dict(sample_batch(build_tokenizer()), labels=torch.tensor([0, 1, 2]))
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=DataLoader([batch] * 2, batch_size=None))
+    assert not torch.equal(norm.weight, before)  # the optimizer updated it
+    assert module.parameter_counts()[0] == adapter_only + 2 * 32
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    assert names <= set(torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"])
+    save_adapter(module, tmp_path / "adapter")
+    assert names <= set(load_file(tmp_path / "adapter" / WEIGHTS_NAME))
+    reloaded = load_adapter(tmp_path / "adapter").eval()
+    assert names <= set(reloaded.trainable_names())  # trains again, and is saved again
+    assert torch.equal(reloaded(batch), module.eval()(batch))
+
+
+def test_frozen_adapter_or_head_weights_are_refused_before_they_are_lost(model_dirs, tmp_path):
+    module = make_module(model_dirs["bert"])
+    module.head.requires_grad_(False)
+    with pytest.raises(UserInputError, match="adapter or head weights are frozen .* keep every adapter and head"):
+        save_adapter(module, tmp_path)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"learning_rate": 0.0}, "learning_rate must be positive, got 0.0"),
+    ({"learning_rate": -1e-3}, "learning_rate must be positive"),
+    ({"learning_rate": float("nan")}, "learning_rate must be positive"),
+    ({"weight_decay": -0.01}, "weight_decay must be >= 0"),
+    ({"warmup_ratio": 1.0}, r"warmup_ratio \(a fraction of the steps\) must be in \[0, 1\)"),
+    ({"warmup_ratio": -0.1}, "warmup_ratio"),
+])
+def test_bad_optimizer_settings_are_refused_before_loading_anything(setting, message):
+    with pytest.raises(UserInputError, match=message) as error:
+        AdapterModule("/nonexistent/model", label_names=LABELS, **setting)  # checked before the model path
+    assert "\n" not in str(error.value)
+
+
+def test_cli_reports_a_negative_learning_rate_in_one_line(workdir, model_dirs, capsys):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"], **{"model.init_args.learning_rate": -0.01})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lightning-adapters: error: learning_rate must be positive, got -0.01")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -37,6 +37,7 @@ from lightning_adapters.peft_export import (
     load_peft,
 )
 from lightning_adapters.strategies import IA3, Lora, PromptTuning, merge_adapters
+from lightning_adapters.strategies.base import adapter_layers, linear_features
 
 LABELS = ["negative", "neutral", "positive"]
 METHODS = {"lora": lambda: Lora(r=4, alpha=8), "ia3": lambda: IA3()}
@@ -265,7 +266,7 @@ def rewritten(folder, config: dict | None = None, drop: str | None = None):
 
 
 def test_export_refusals(model_dirs, tmp_path):
-    with pytest.raises(UserInputError, match="export_peft supports Lora, IA3 and PromptTuning, not Bottleneck"):
+    with pytest.raises(UserInputError, match="Bottleneck declares no PEFT format .* use save_adapter"):
         export_peft(AdapterModule(model_dirs["bert"], strategy=Bottleneck(), label_names=LABELS), tmp_path)
     module = trained(model_dirs["bert"], IA3())
     merge_adapters(module.backbone)
@@ -274,6 +275,33 @@ def test_export_refusals(model_dirs, tmp_path):
     module = AdapterModule(model_dirs["llama"], strategy=PromptTuning(N),
                            head=_HeadOn(AutoModelForSequenceClassification), label_names=LABELS)
     with pytest.raises(UserInputError, match="with AutoModel, .* not AutoModelForSequenceClassification — use "):
+        export_peft(module, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+class MyLora(Lora):
+    """A LoRA variant with one more weight per layer (as DoRA's magnitude): plain LoRA's format would drop it."""
+
+    def apply(self, model: nn.Module) -> None:
+        super().apply(model)
+        for _, layer in adapter_layers(model):
+            layer.magnitude = nn.Parameter(torch.ones(linear_features(layer.base_layer)[1]))
+
+
+class MyLoraClaimingLora(MyLora):
+    peft_type = "LORA"  # a wrong claim: the extra weight has no place in a PEFT LoRA folder
+
+
+def test_a_subclass_exports_only_its_own_declared_format_and_never_drops_weights(model_dirs, tmp_path):
+    module = AdapterModule(model_dirs["bert"], strategy=MyLora(r=4), label_names=LABELS)
+    with pytest.raises(UserInputError, match="^MyLora declares no PEFT format .* use save_adapter"):
+        export_peft(module, tmp_path)
+    module = AdapterModule(model_dirs["bert"], strategy=MyLoraClaimingLora(r=4), label_names=LABELS)
+    with pytest.raises(UserInputError, match="no place for 4 trained weights .*magnitude"):
+        export_peft(module, tmp_path)
+    module = AdapterModule(model_dirs["bert"], strategy=Lora(r=4), label_names=LABELS)
+    module.backbone.encoder.layer[0].output.LayerNorm.requires_grad_(True)  # trained, but not LoRA's to write
+    with pytest.raises(UserInputError, match="no place for 2 trained weights .*LayerNorm"):
         export_peft(module, tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
 

@@ -12,19 +12,14 @@ import pytest
 import torch
 from conftest import build_tokenizer, sample_batch
 from safetensors.torch import load_file
+from strategy_table import pick
 from torch.utils.data import DataLoader
 
-from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTuning, PromptTuning, save_adapter
+from lightning_adapters import AdapterModule, save_adapter
 from lightning_adapters.checkpoint import WEIGHTS_NAME
 
 LABELS = ["negative", "neutral", "positive"]
-STRATEGIES = {
-    "pfeiffer": lambda: Bottleneck(variant="pfeiffer", activation="tanh"),
-    "lora": lambda: Lora(r=4),
-    "ia3": lambda: IA3(),
-    "prompt": lambda: PromptTuning(num_virtual_tokens=3),
-    "prefix": lambda: PrefixTuning(num_virtual_tokens=3, hidden=16),
-}
+STRATEGIES = pick("pfeiffer", "lora", "ia3", "prompt", "prefix")
 
 
 def train_batches() -> DataLoader:

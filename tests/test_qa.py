@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 from conftest import WORDS
+from strategy_table import pick
 
-from lightning_adapters import IA3, AdapterModule, Bottleneck, Lora, PrefixTuning, PromptTuning, load_adapter
+from lightning_adapters import AdapterModule, load_adapter
 from lightning_adapters.cli import main
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.question_answering import QuestionAnsweringHead
@@ -214,9 +215,7 @@ def test_hub_dataset_in_the_squad_schema(monkeypatch):
 
 
 # ---- the head on every family and strategy ------------------------------------------------------------------------
-STRATEGIES = {"bottleneck": lambda: Bottleneck(variant="houlsby"), "lora": Lora, "ia3": IA3,
-              "prompt": lambda: PromptTuning(num_virtual_tokens=3),
-              "prefix": lambda: PrefixTuning(num_virtual_tokens=3)}
+STRATEGIES = pick("bottleneck", "lora", "ia3", "prompt", "prefix")
 CASES = [("bert", "bottleneck"), ("bert", "prompt"), ("roberta", "prefix"), ("distilbert", "lora"), ("gpt2", "prompt"),
          ("gpt2", "prefix"), ("llama", "lora"), ("llama", "prompt"), ("t5", "prompt"), ("t5", "prefix"),
          ("t5", "ia3")]

@@ -1,4 +1,4 @@
-"""Contract tests for strategies, over every tiny backbone family."""
+"""Bottleneck adapters over every tiny backbone family, and full fine-tuning (all strategies: strategy contract)."""
 
 from __future__ import annotations
 
@@ -157,3 +157,31 @@ def test_half_precision_base_keeps_fp32_adapters():
     assert all(p.dtype == torch.float32 for _, p in adapter_named_parameters(model))
     out = forward(model, "llama", sample_batch(build_tokenizer()))
     assert out.dtype == torch.bfloat16
+
+
+def test_full_fine_tuning_trains_and_exports_every_base_weight(model_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    from lightning_adapters import AdapterModule, load_adapter, save_adapter
+    from lightning_adapters.checkpoint import WEIGHTS_NAME
+    from lightning_adapters.strategies import FullFineTuning
+
+    module = AdapterModule(model_dirs["llama"], strategy=FullFineTuning(), label_names=["a", "b"], dtype="bfloat16")
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in module.parameters())  # fp32 master weights
+    assert module.parameter_counts()[0] == module.parameter_counts()[1]
+    with torch.no_grad():
+        module.backbone.norm.weight.add_(0.5)  # as training would move it
+    with pytest.warns(UserWarning, match=r"exports every base weight \(.* MiB in fp32\): the folder is a whole model"):
+        save_adapter(module, tmp_path)
+    saved = load_file(tmp_path / WEIGHTS_NAME)
+    assert set(saved) == {name for name, _ in module.named_parameters()}
+    batch = sample_batch(build_tokenizer())
+    assert torch.equal(load_adapter(tmp_path).eval()(batch), module.eval()(batch))
+
+
+def test_benchmarks_fine_tune_fully_through_the_strategy_not_by_hand():
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parent.parent / "recipes" / "benchmark"
+    by_hand = [path.name for path in recipes.glob("*.py") if "requires_grad_(True)" in path.read_text()]
+    assert not by_hand, f"{by_hand} unfreeze the backbone by hand — use strategies.FullFineTuning"

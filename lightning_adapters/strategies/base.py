@@ -13,6 +13,7 @@ import inspect
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -44,20 +45,51 @@ class AdapterLayer(nn.Module):
 
 
 class Strategy(ABC):
-    """How a frozen model is made trainable. Subclasses store every ``__init__`` argument under the same name."""
+    """How a frozen model is made trainable. Subclasses store every ``__init__`` argument under the same name.
+
+    What trains is decided once, by ``requires_grad`` after `apply` (see `AdapterModule.trainable_names`): a strategy
+    makes exactly the weights it trains require grad, and everything else stays frozen.
+    """
+
+    peft_type: ClassVar[str | None] = None
+    """The Hugging Face PEFT format this class exports to (``"LORA"``...; `lightning_adapters.peft_export`), or None.
+    Read from the class itself, never inherited (`declared_peft_type`): a subclass may hold weights its parent's
+    format has no place for, so it exports only once it declares a format of its own."""
 
     @abstractmethod
     def apply(self, model: nn.Module) -> None:
-        """Inject adapter layers into ``model`` in place; the base weights are already frozen."""
+        """Inject adapter layers into ``model`` in place (or unfreeze what trains); the base is already frozen."""
 
     def hparams(self) -> dict:
         """``{"class_path", "init_args"}`` — enough to rebuild this strategy (`registry.build_from_config`)."""
         return class_config(self)
 
     def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(config, adapter weights) an export writes; strategies with a training-only form (e.g. prefix tuning's
-        reparameterisation MLP) return the folded inference form here."""
+        """(config, adapter-layer weights) an export writes; strategies with a training-only form (e.g. prefix
+        tuning's reparameterisation MLP) return the folded inference form here. Trained weights outside adapter
+        layers are added by `export_weights`, whatever the strategy."""
         return self.hparams(), adapter_state_dict(model)
+
+
+def declared_peft_type(strategy: Strategy) -> str | None:
+    """The PEFT format ``type(strategy)`` itself declares: looked up on that exact class, not its parents."""
+    return vars(type(strategy)).get("peft_type")
+
+
+def export_weights(strategy: Strategy, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, weights) an adapter export of ``model`` holds: the strategy's adapter-layer weights in their inference
+    form, plus every other trainable weight as it is (a LayerNorm the user unfroze, full fine-tuning's whole base),
+    so that every weight the optimizer updates is exported."""
+    config, state = strategy.export_state(model)
+    return config, {**state, **{name: param.detach() for name, param in trained_base_parameters(model)}}
+
+
+def trained_base_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The trainable parameters of ``model`` outside adapter layers: base weights a strategy or the user unfroze."""
+    adapter = {id(param) for _, param in adapter_named_parameters(model)}
+    for name, param in model.named_parameters():
+        if param.requires_grad and id(param) not in adapter:
+            yield name, param
 
 
 def class_path(cls: type) -> str:

@@ -151,6 +151,8 @@ class Lora(Strategy):
         use_rslora: rank-stabilised scaling ``alpha / sqrt(r)`` (Kalajdzievski 2023), better for large ranks.
     """
 
+    peft_type = "LORA"  # `peft_export` writes lora_A/lora_B per wrapped layer
+
     def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
                  target_modules: str | list[str] | None = None, exclude_modules: str | list[str] | None = None,
                  use_rslora: bool = False) -> None:

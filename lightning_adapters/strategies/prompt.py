@@ -260,6 +260,8 @@ class PromptTuning(Strategy):
         tokenizer: the tokenizer for ``init_text``: an alias, folder or hub id (usually the backbone's name).
     """
 
+    peft_type = "PROMPT_TUNING"  # `peft_export` writes the prompt as PEFT's prompt_embeddings
+
     def __init__(self, num_virtual_tokens: int = 20, init_text: str | None = None,
                  tokenizer: str | None = None) -> None:
         if num_virtual_tokens < 1:

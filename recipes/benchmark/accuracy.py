@@ -9,9 +9,9 @@ Tasks: Financial PhraseBank AllAgree (seeded stratified 80/20 test split, valida
 BANKING77 (official 3,080-row test split, validation carved from train), read from ``--data-root``.
 Methods: full fine-tuning, Houlsby and Pfeiffer bottleneck adapters (the default set), LoRA, IA3, prompt and prefix
 tuning (`--methods`; configurations in `strategies.py`), all as our `AdapterModule` (full fine-tuning: the same module
-with no adapters and the whole backbone set trainable) under `lightning.Trainer`. Several learning rates for one
-method (e.g. ``--lora-lr 1e-3 3e-3``) are a grid: each is trained, the one with the best validation accuracy is
-reported (ties: the first listed) and every run is listed in a tuning table — test accuracy never chooses.
+with the `FullFineTuning` strategy, the whole backbone trainable) under `lightning.Trainer`. Several learning rates
+for one method (e.g. ``--lora-lr 1e-3 3e-3``) are a grid: each is trained, the one with the best validation accuracy
+is reported (ties: the first listed) and every run is listed in a tuning table — test accuracy never chooses.
 
 Budget rule, the same for every method of a task: a fixed number of epochs with linear warm-up (10 %) and decay;
 validation after every epoch; the weights of the epoch with the best validation accuracy are kept in memory
@@ -35,7 +35,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -161,24 +160,16 @@ class LengthBucketed(L.LightningDataModule):
 def build_module(method: str, spec: MethodSpec, label_names: list[str]):
     from lightning_adapters import AdapterModule
     from lightning_adapters.heads import ClassificationHead
-    from lightning_adapters.strategies import Strategy
-
-    class NoAdapters(Strategy):
-        """Full fine-tuning: nothing injected; the caller unfreezes the backbone."""
-
-        def apply(self, model: nn.Module) -> None:
-            pass
+    from lightning_adapters.strategies import FullFineTuning
 
     if method == FULL:
-        strategy = NoAdapters()
+        strategy = FullFineTuning()
     elif method in (HOULSBY, PFEIFFER):
         strategy = strategies.ours(method, reduction_factor=spec.reduction_factor)
     else:
         strategy = strategies.ours(method, **spec.options)
     module = AdapterModule(backbone=BACKBONE, strategy=strategy, head=ClassificationHead(pooling="mean", dropout=0.1),
                            label_names=label_names, learning_rate=spec.lr, weight_decay=0.01, warmup_ratio=0.1)
-    if method == FULL:
-        module.backbone.requires_grad_(True)
     return module
 
 

@@ -9,8 +9,9 @@ Data: the original CoNLL-2003 English files read by `Conll2003DataModule` (``eng
 to pick the epoch, ``eng.testb`` reported), optionally a seeded random subset of the training sentences
 (``--train-sentences``; validation and test are always complete). Every method is our `AdapterModule` with the same
 `TokenClassificationHead` (dropout 0.1 + Linear, label on the first sub-word, prediction read there); full
-fine-tuning is the same module with no adapters and the whole backbone trainable. Metric: entity-level micro F1
-(`EntityF1`, equal to seqeval's default mode / conlleval) on words; a word cut off by ``max_length`` counts as ``O``.
+fine-tuning is the same module with the `FullFineTuning` strategy (the whole backbone trainable). Metric:
+entity-level micro F1 (`EntityF1`, equal to seqeval's default mode / conlleval) on words; a word cut off by
+``max_length`` counts as ``O``.
 
 Budget rule: a fixed number of epochs (``--epochs``; adapters may get ``--adapter-epochs``, e.g. twice as many for the
 same wall-clock budget, since an adapter step costs about half a full fine-tuning step), linear warm-up (10 %) and
@@ -33,13 +34,12 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 from accuracy import BestOnValidation, LengthBucketed, default_data_root  # noqa: E402 — shared with accuracy.py
 
-from lightning_adapters.strategies import Strategy  # noqa: E402
+from lightning_adapters.strategies import FullFineTuning  # noqa: E402
 
 BENCHMARK = "ner"
 TASK = "CoNLL-2003 English NER (test = eng.testb)"
@@ -62,24 +62,16 @@ class Result:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class NoAdapters(Strategy):
-    """Full fine-tuning: nothing injected; the caller unfreezes the backbone."""
-
-    def apply(self, model: nn.Module) -> None:
-        pass
-
-
 def build_module(method: str, args: argparse.Namespace, label_names: list[str]):
     from lightning_adapters import AdapterModule, Bottleneck, Lora
     from lightning_adapters.heads.token_classification import TokenClassificationHead
 
-    strategy = {FULL: NoAdapters, BOTTLENECK: lambda: Bottleneck(variant="houlsby", reduction_factor=args.reduction),
+    strategy = {FULL: FullFineTuning,
+                BOTTLENECK: lambda: Bottleneck(variant="houlsby", reduction_factor=args.reduction),
                 LORA: lambda: Lora(r=args.lora_r, alpha=2 * args.lora_r, target_modules=args.lora_targets)}[method]()
     module = AdapterModule(backbone="minilm", strategy=strategy, head=TokenClassificationHead(dropout=0.1),
                            label_names=label_names, learning_rate=learning_rate(method, args), weight_decay=0.01,
                            warmup_ratio=0.1)
-    if method == FULL:
-        module.backbone.requires_grad_(True)
     return module
 
 

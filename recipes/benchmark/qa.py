@@ -32,7 +32,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
@@ -61,21 +60,14 @@ def make_datamodule(args: argparse.Namespace):
 
 
 def build_module(kind: str, lr: float):
-    from lightning_adapters import AdapterModule, Bottleneck, Lora, Strategy
+    from lightning_adapters import AdapterModule, Bottleneck, Lora
     from lightning_adapters.heads.question_answering import QuestionAnsweringHead
+    from lightning_adapters.strategies import FullFineTuning
 
-    class NoAdapters(Strategy):
-        """Full fine-tuning: nothing injected; the caller unfreezes the backbone."""
-
-        def apply(self, model: nn.Module) -> None:
-            pass
-
-    strategy = {"full": NoAdapters, "houlsby": lambda: Bottleneck(variant="houlsby", reduction_factor=8),
+    strategy = {"full": FullFineTuning, "houlsby": lambda: Bottleneck(variant="houlsby", reduction_factor=8),
                 "lora": lambda: Lora(r=16, alpha=32, target_modules="all-linear")}[kind]()
     module = AdapterModule(backbone="minilm", strategy=strategy, head=QuestionAnsweringHead(max_answer_length=30),
                            learning_rate=lr, weight_decay=0.01, warmup_ratio=0.1)
-    if kind == "full":
-        module.backbone.requires_grad_(True)
     return module
 
 

@@ -94,6 +94,7 @@ def build(method: str) -> nn.Module:
     from transformers import AutoModel
 
     from lightning_adapters import backbone as hf
+    from lightning_adapters.strategies import FullFineTuning
 
     torch.manual_seed(0)
     if method in strategies.OURS:
@@ -105,7 +106,7 @@ def build(method: str) -> nn.Module:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     backbone = hf.load_model("minilm", AutoModel)  # frozen
     if method == FULL:
-        backbone.requires_grad_(True)
+        FullFineTuning().apply(backbone)
     elif method == FLOOR:
         backbone.enable_input_require_grads()  # forward hook: embedding output .requires_grad_()
     else:
