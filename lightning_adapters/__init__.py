@@ -16,12 +16,12 @@ from lightning_adapters.module import AdapterModule
 from lightning_adapters.qa_data import QADataModule
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.seq2seq_data import SummarizationDataModule
-from lightning_adapters.strategies import IA3, Bottleneck, Lora, PrefixTuning, PromptTuning, Strategy
+from lightning_adapters.strategies import IA3, Bottleneck, FullFineTuning, Lora, PrefixTuning, PromptTuning, Strategy
 from lightning_adapters.token_data import TokenClassificationDataModule
 
 __all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule", "EarlyStopping",
-           "GenerationHead", "JsonlPredictionWriter", "Lora", "PrefixTuning", "PromptTuning", "QADataModule",
-           "QuestionAnsweringHead", "Strategy", "SummarizationDataModule", "TaskHead", "TextClassificationDataModule",
-           "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError", "load_adapter",
-           "register_adapter_class", "save_adapter"]
+           "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora", "PrefixTuning", "PromptTuning",
+           "QADataModule", "QuestionAnsweringHead", "Strategy", "SummarizationDataModule", "TaskHead",
+           "TextClassificationDataModule", "TokenClassificationDataModule", "TokenClassificationHead",
+           "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"

@@ -125,13 +125,14 @@ class AdaptersCLI(LightningCLI):
             connector.resume_start(best)
             connector.restore_model()
             connector.resume_end()
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
         with self.model.full_weights():  # a collective under FSDP: every rank enters, rank 0 writes
             if trainer.is_global_zero:
-                folder = Path(config.get("export_dir") or Path(trainer.log_dir or ".") / "adapter")
+                folder = Path(config.get("export_dir") or Path(log_dir or ".") / "adapter")
                 save_adapter(self.model, folder, card=self._card(metrics))
                 print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
-                if trainer.log_dir:
-                    print(f"run folder: {Path(trainer.log_dir).resolve()}")
+                if log_dir:
+                    print(f"run folder: {Path(log_dir).resolve()}")
 
 
     def _card(self, metrics: dict[str, float]) -> dict:

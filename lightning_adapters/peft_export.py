@@ -52,7 +52,7 @@ from lightning_adapters.peft_import import (
     import_peft,
     load_peft,
 )
-from lightning_adapters.strategies import IA3, Strategy, declared_peft_type
+from lightning_adapters.strategies import declared_peft_type
 from lightning_adapters.strategies.base import adapter_layers
 
 __all__ = ["CONFIG_NAME", "FINGERPRINT_KEY", "HEAD_MODULE", "HEAD_PREFIX", "PEFT_PREFIX", "PROMPT_KEY", "PROMPT_PREFIX",
@@ -60,7 +60,6 @@ __all__ = ["CONFIG_NAME", "FINGERPRINT_KEY", "HEAD_MODULE", "HEAD_PREFIX", "PEFT
 # head.auto_class -> the PEFT task whose forward prepends the prompt to the (encoder) input as ours does
 TASK_TYPES = {AutoModel: "FEATURE_EXTRACTION", AutoModelForCausalLM: "CAUSAL_LM", AutoModelForSeq2SeqLM: "SEQ_2_SEQ_LM"}
 # Until ia3.py declares ``peft_type = "IA3"`` itself; exact classes only, as `declared_peft_type` reads them.
-_NOT_YET_DECLARED: dict[type, str] = {IA3: "IA3"}
 _Entries = tuple[dict, dict[str, tuple[str, torch.Tensor]]]  # (config fields, our weight name -> (PEFT key, tensor))
 
 
@@ -74,7 +73,7 @@ def export_peft(module: AdapterModule, folder: str | os.PathLike, card: dict | N
         card: optional model-card fields, as for `save_adapter`.
     """
     strategy = module.strategy
-    kind = peft_type(strategy)
+    kind = declared_peft_type(strategy)  # the exact class's own: a subclass may hold weights its parent's has not
     if kind not in _WRITERS:
         raise UserInputError(f"{type(strategy).__name__} declares no PEFT format (peft_type) that export_peft writes "
                              f"({', '.join(_WRITERS)}) — use save_adapter() for the lightning-adapters format")
@@ -98,12 +97,6 @@ def export_peft(module: AdapterModule, folder: str | os.PathLike, card: dict | N
         (tmp / CARD_NAME).write_text(text)
 
     return replace_folder(folder, write, {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME})
-
-
-def peft_type(strategy: Strategy) -> str | None:
-    """The PEFT format ``strategy``'s exact class declares: a subclass (a DoRA on top of `Lora`) may hold weights its
-    parent's format has no place for, so it exports only once it declares a format of its own."""
-    return declared_peft_type(strategy) or _NOT_YET_DECLARED.get(type(strategy))
 
 
 def _check_every_weight_exported(module: AdapterModule, entries: dict, kind: str) -> None:

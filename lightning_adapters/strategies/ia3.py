@@ -119,6 +119,8 @@ class IA3(Strategy):
         exclude_modules: modules to leave alone, with the same matching rules.
     """
 
+    peft_type = "IA3"  # `peft_export` writes ia3_l per wrapped layer, feedforward_modules for input-side ones
+
     def __init__(self, target_modules: str | list[str] | None = None,
                  feedforward_modules: str | list[str] | None = None,
                  exclude_modules: str | list[str] | None = None) -> None:
