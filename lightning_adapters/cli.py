@@ -67,6 +67,7 @@ class AdaptersCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+        parser.link_arguments("data.label_counts", "model.init_args.label_counts", apply_on="instantiate")
         parser.add_argument("--export_dir", type=str | None, default=None,
                             help="fit: where to write the best adapter folder (default: <log_dir>/adapter)")
         parser.add_argument("--test_after_fit", type=bool, default=False,

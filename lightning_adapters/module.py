@@ -78,6 +78,8 @@ class AdapterModule(L.LightningModule):
             ``FullFineTuning``: the whole base trains, the baseline).
         head: what is predicted (default: sequence classification).
         label_names: label set of the task; the CLI links it from the DataModule.
+        label_counts: training rows per label (``label_names`` order), for a head that weighs labels by them
+            (``ClassificationHead(class_weights="balanced")``) and was given none; the CLI links it from the DataModule.
         dtype: dtype of the frozen base (``float32``, ``bfloat16``, ``float16``); adapters and head stay fp32.
         learning_rate: AdamW learning rate, used when ``optimizer`` is not given.
         weight_decay: AdamW weight decay, used when ``optimizer`` is not given.
@@ -97,12 +99,14 @@ class AdapterModule(L.LightningModule):
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, optimizer: OptimizerCallable | None = None,
                  scheduler: LRSchedulerCallable | None = None, revision: str | None = None,
                  trust_remote_code: bool = False, adapter: str | None = None,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, label_counts: list[int] | None = None) -> None:
         super().__init__()
         check_optimizer_settings(learning_rate, weight_decay, warmup_ratio)
         self.backbone_name = backbone
         self.strategy = strategy or Bottleneck()
         self.head = head or ClassificationHead()
+        if label_counts is not None and getattr(self.head, "label_counts", ...) is None:
+            self.head.label_counts = list(label_counts)
         self.label_names = list(label_names) if label_names else None
         self.dtype_name = dtype
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio

@@ -295,3 +295,12 @@ def test_user_subclass_and_custom_optimizer_from_yaml(workdir, model_dirs):
     optimizer = cli.trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     assert isinstance(cli.trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.StepLR)
+
+
+def test_balanced_class_weights_get_the_training_label_counts_through_the_cli(workdir, model_dirs):
+    head = {"class_path": "lightning_adapters.ClassificationHead", "init_args": {"class_weights": "balanced"}}
+    config = write_config(workdir, model_dirs["bert"], **{"model.init_args.head": head, "trainer.max_epochs": 1})
+    cli = run_cli(["fit", "--config", str(config)])
+    assert cli.model.head.label_counts == cli.datamodule.label_counts == [16, 16, 16]  # 48 rows, labels in turn
+    weights = cli.model.head._weights()
+    assert weights == pytest.approx([1.0, 1.0, 1.0])

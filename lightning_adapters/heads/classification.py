@@ -75,7 +75,7 @@ class ClassificationHead(TaskHead):
         class_weights: weight of each label in the loss, in label_names order, or ``balanced``: inverse label
             frequency in the training data (total / (classes × count)); default: every label weighs 1.
         label_counts: training rows per label (label_names order), read by ``balanced``; the CLI links it from the
-            DataModule.
+            DataModule (through ``AdapterModule(label_counts=...)``).
     """
 
     def __init__(self, pooling: Pooling = "auto", dropout: float = 0.1,
