@@ -328,7 +328,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, reentrant):
         strategy = PromptTuning(num_virtual_tokens=3) if method == "prompt" else PrefixTuning(3, hidden=16)
         model = adapted("llama", strategy).train()
         if checkpointing:  # transformers 5's name for gradient_checkpointing_enable
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
         model(**batch).last_hidden_state.pow(2).mean().backward()
         grads.append([param.grad for _, param in adapter_named_parameters(model)])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
