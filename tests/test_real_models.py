@@ -90,7 +90,7 @@ def test_quickstart_beats_the_majority_class_and_checkpoints_are_small(tmp_path,
     base_bytes = os.path.getsize(Path(resolve("minilm").path) / "model.safetensors")
     checkpoints = list((tmp_path / "runs").rglob("*.ckpt"))
     assert checkpoints and all(os.path.getsize(c) <= 0.05 * base_bytes for c in checkpoints)
-    adapter = tmp_path / "runs" / "finance_sentiment" / "adapter"
+    adapter = tmp_path / "runs/finance_sentiment/lightning_logs/version_0/adapter"  # the run's versioned folder
     assert os.path.getsize(adapter / "adapter_model.safetensors") <= 0.05 * base_bytes
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["label_names"] == ["negative", "neutral", "positive"]
