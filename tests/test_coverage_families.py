@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoModel, DebertaConfig, GPTNeoXConfig
 
 from lightning_adapters import AdapterModule, UserInputError, load_adapter, save_adapter
+from lightning_adapters.backbone import enable_gradient_checkpointing
 from lightning_adapters.strategies import (
     IA3,
     IA3Layer,
@@ -168,7 +169,7 @@ def test_deberta_prefix_trains_only_its_parameters_and_survives_gradient_checkpo
         assert prefix_encoder(model).shapes == [(4, 8, 8), (4, 8, 8)]
         model.train()
         if checkpointing:  # the prefix is computed inside each layer, so the recomputation is exact
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_gradient_checkpointing(model)  # the library route: either transformers name
         torch.manual_seed(0)  # the same dropout masks in both runs
         model(**batch).last_hidden_state.pow(2).mean().backward()
         trainable = {name for name, _ in adapter_named_parameters(model)}
