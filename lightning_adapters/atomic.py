@@ -14,6 +14,7 @@ old label order): `replace_folder` builds the whole new folder beside the old on
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 import sys
@@ -45,6 +46,11 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], Any]) -> None
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the result should be an ordinary file
         os.replace(tmp, target)
         _fsync_folder(target.parent)
+    except OSError as err:  # a full disk, a quota, `ulimit -f` (EFBIG): one line, and the old file is untouched
+        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+            raise
+        raise UserInputError(f"cannot write '{target}' ({err.strerror}) — free disk space or raise the file-size "
+                             f"limit (ulimit -f); any earlier '{target.name}' is intact") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

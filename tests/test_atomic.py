@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,3 +60,20 @@ def test_cli_writes_checkpoints_atomically_unless_a_plugin_is_configured(workdir
     config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1, "trainer.plugins": [own]})
     cli = run_cli(["fit", "--config", str(config), "--trainer.default_root_dir", str(workdir / "other")])
     assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
+
+
+def test_a_file_size_limit_mid_write_is_one_line_and_the_old_file_stays(tmp_path):
+    """`ulimit -f` during checkpointing: the write fails with EFBIG: one line, the old file stays."""
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old checkpoint")
+    script = (f"import resource, sys\nfrom pathlib import Path\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+              f"from lightning_adapters.atomic import atomic_write\n"
+              f"from lightning_adapters.errors import UserInputError\n"
+              f"try:\n    atomic_write({str(target)!r}, lambda p: Path(p).write_bytes(bytes(5000)))\n"
+              f"except UserInputError as err:\n    print(err)\n    sys.exit(2)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "File too large" in done.stdout and "ulimit -f" in done.stdout
+    assert target.read_bytes() == b"old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
