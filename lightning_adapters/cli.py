@@ -22,9 +22,11 @@ from pathlib import Path
 import lightning as L
 import transformers
 from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_adapters.atomic import AtomicCheckpointIO, check_replaceable
@@ -93,6 +95,10 @@ class AdaptersCLI(LightningCLI):
         # plugin — also an explicit TorchCheckpointIO — is kept.
         if trainer.strategy._checkpoint_io is None:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if str(trainer.precision).startswith("bf16") and isinstance(trainer.accelerator, CPUAccelerator) \
+                and not cpu_has_bf16():
+            rank_zero_warn(f"precision {trainer.precision} on a CPU without bf16 instructions (avx512_bf16, amx_bf16) "
+                           "is emulated and runs several times slower than 32-bit — use --trainer.precision 32 here")
         # Output going to a file (SLURM, CI, nohup): lines instead of Lightning's default bar (rich or tqdm), which
         # redraws in place; a bar the config names itself is kept.
         bar = trainer.progress_bar_callback
@@ -147,6 +153,15 @@ class AdaptersCLI(LightningCLI):
             described += f"; source and license: tasks/{pack}/DATA_CARD.md"
         card = {"data": described, "command": " ".join(["lightning-adapters", *sys.argv[1:]])}
         return card | ({"metrics": metrics} if metrics else {})
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux: its flags); True where that cannot be read (no warning)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def check_ckpt_path(path: str | None) -> None:

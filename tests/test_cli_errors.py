@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,14 @@ def test_sigterm_ends_the_run_with_a_non_zero_status_and_one_line(workdir, model
     assert job.returncode == 128 + signal.SIGTERM
     assert err.strip().splitlines()[-1].startswith("lightning-adapters: error: stopped by SIGTERM")
     assert not (workdir / "adapter").exists()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(workdir, model_dirs, monkeypatch, native):  # noqa: F811
+    monkeypatch.setattr("lightning_adapters.cli.cpu_has_bf16", lambda: native)
+    config = write_config(workdir, model_dirs["bert"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", "--config", str(config), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "1"])
+    slow = [w for w in caught if "without bf16 instructions" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
