@@ -1,6 +1,7 @@
 """Data loaders whose batch order depends only on (seed, epoch, position), so any resumed run is exact.
 
-- `EpochShuffleSampler`: a fresh permutation per epoch drawn from ``seed + epoch`` (Lightning calls ``set_epoch``).
+- `EpochShuffleSampler`: a fresh permutation per epoch drawn from ``seed + epoch`` (Lightning calls ``set_epoch``);
+  `LengthGroupedSampler` (``group_by_length=True``): the same, in batches of similar length.
 - `ResumableDataLoader`: counts the batches it has handed out in the current epoch; after a restore, the next epoch
   pass skips that many, so a run resumed from a MID-epoch checkpoint (SLURM requeue, ``every_n_train_steps``)
   trains on exactly the batches the uninterrupted run trains on. A plain DataLoader restarts the epoch's order from
@@ -56,6 +57,44 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+def item_length(item: dict[str, Any]) -> int:
+    """Tokens a training item costs: its input, plus a separate target sequence where it has one."""
+    labels = item.get("labels")
+    return len(item["input_ids"]) + (len(labels) if isinstance(labels, list) else 0)
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler[int]):
+    """Training order whose consecutive runs of ``group`` rows have similar lengths, so dynamic padding pads little
+    (about 2x faster CPU epochs on Financial PhraseBank; HF Trainer's ``group_by_length``).
+
+    Each epoch, from ``seed + epoch`` only: shuffle the rows, sort every ``window`` groups of them by length, cut them
+    into groups and shuffle the groups; the one short group goes last so that every batch the DataLoader cuts is one
+    group. ``group`` is the batch size times the world size: Lightning's DistributedSamplerWrapper (no shuffle for a
+    custom sampler) deals the rows round-robin, so each rank's batch is a slice of one group."""
+
+    def __init__(self, lengths: Sequence[int], group: int, seed: int, window: int = 50) -> None:
+        self.lengths, self.group, self.seed, self.window, self.epoch = list(lengths), group, seed, window, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        size = self.group * self.window
+        groups = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=self.lengths.__getitem__)
+            groups += [chunk[i:i + self.group] for i in range(0, len(chunk), self.group)]
+        short = [g for g in groups if len(g) < self.group]
+        full = [g for g in groups if len(g) == self.group]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return iter([index for group in shuffled + short for index in group])
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader that skips, in its first pass after a restore, the batches the checkpointed run already saw.
 
@@ -103,6 +142,7 @@ class SplitDataModule(L.LightningDataModule):
     eval_batch_size: int
     num_workers: int
     _datasets: dict[str, Sequence[Any]]
+    group_by_length: bool = False  # training batches of similar length (`LengthGroupedSampler`)
     carved_splits: tuple[str, ...] = ("validation", "test")  # splits a <split>_fraction can carve from train
     label_counts: list[int] | None = None  # training rows per label where labels are classes (the CLI links it)
 
@@ -119,8 +159,15 @@ class SplitDataModule(L.LightningDataModule):
                   "persistent_workers": self.num_workers > 0}
         if stage != "train":
             return DataLoader(dataset, batch_size=self.eval_batch_size, **common)
-        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset),
-                                   self.seed), position=self._train_position(), **common)
+        return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self._train_sampler(dataset),
+                                   position=self._train_position(), **common)
+
+    def _train_sampler(self, dataset: Sequence[Any]) -> torch.utils.data.Sampler[int]:
+        if not self.group_by_length:
+            return EpochShuffleSampler(len(dataset), self.seed)
+        trainer = getattr(self, "trainer", None)
+        world_size = trainer.world_size if trainer is not None else 1
+        return LengthGroupedSampler([item_length(item) for item in dataset], self.batch_size * world_size, self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader("train", "train")

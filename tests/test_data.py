@@ -22,6 +22,7 @@ from transformers import BertTokenizerFast
 from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.classification import ClassificationHead
+from lightning_adapters.loading import LengthGroupedSampler
 from lightning_adapters.tasks.customer_service import CustomerServiceDataModule
 from lightning_adapters.tasks.finance_sentiment import LABEL_NAMES, FinanceSentimentDataModule, read_phrasebank_txt
 
@@ -155,6 +156,44 @@ def test_train_order_is_shuffled_and_reproducible(tok, tmp_path):
         data.setup("fit")
         orders.append(next(iter(data.train_dataloader()))["labels"].tolist())
     assert orders[0] == orders[1] != sorted(orders[0]) == data.splits["train"][1]  # the file is sorted by label
+
+
+@pytest.mark.parametrize("rows, group", [(103, 8), (96, 8), (7, 8), (200, 24)])
+def test_length_grouped_sampler_is_a_seeded_permutation_of_full_groups(rows, group):
+    lengths = torch.randint(3, 120, (rows,), generator=torch.Generator().manual_seed(rows)).tolist()
+    sampler = LengthGroupedSampler(lengths, group, seed=5, window=3)
+    sampler.set_epoch(1)
+    order = list(sampler)
+    assert sorted(order) == list(range(rows)) and len(sampler) == rows  # every row once
+    assert order == list(sampler)  # a function of (seed, epoch) only
+    sampler.set_epoch(2)
+    assert (list(sampler) != order) is (rows > group)  # a single group is one sorted batch in every epoch
+    groups = [order[i:i + group] for i in range(0, rows, group)]
+    window = group * 3  # every group lies within one sorted window of the shuffled order: a narrow length range
+    spread = [max(lengths[i] for i in g) - min(lengths[i] for i in g) for g in groups[:-1]]
+    random_spread = [max(lengths[i:i + group]) - min(lengths[i:i + group]) for i in range(0, rows - group, group)]
+    if rows >= 2 * window:
+        assert sum(spread) < 0.5 * sum(random_spread), (spread, random_spread)
+
+
+def test_group_by_length_pads_less_and_sees_every_row_once(tok, tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    rows = [(" ".join(WORDS[j] for j in torch.randint(0, len(WORDS), (int(n),), generator=generator).tolist()),
+             "positive" if n % 2 else "negative") for n in torch.randint(1, 40, (240,), generator=generator)]
+    path = write(tmp_path / "t.csv", rows)
+
+    def epoch(group_by_length: bool) -> tuple[list[int], int]:
+        data = module(tok, train_file=path, validation_file=path, test_file=path, batch_size=8,
+                      group_by_length=group_by_length)
+        data.setup("fit")
+        batches = list(data.train_dataloader())
+        seen = sorted(t for b in batches for t in b["input_ids"].sum(1).tolist())
+        return seen, sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    shuffled_rows, shuffled_padding = epoch(False)
+    grouped_rows, grouped_padding = epoch(True)
+    assert grouped_rows == shuffled_rows  # the same rows, once each
+    assert grouped_padding < 0.25 * shuffled_padding, (grouped_padding, shuffled_padding)
 
 
 def test_predict_batches_carry_text_and_labels_only_when_given(tok, tmp_path):

@@ -56,6 +56,8 @@ class CustomerSupportRepliesDataModule(DialogueDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: data-loading worker processes.
+        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
+            order is still seeded, exact on resume).
     """
 
     def __init__(self, data_dir: str | None = None, tokenizer: str = "smollm2", train_file: str | None = None,
@@ -63,7 +65,8 @@ class CustomerSupportRepliesDataModule(DialogueDataModule):
                  system_prompt: str | None = SYSTEM_PROMPT, chat_template: str = "auto",
                  truncation: Truncation = "oldest_turns", validation_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 42, max_length: int = 384, batch_size: int = 8, eval_batch_size: int | None = None,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0,
+                 group_by_length: bool = False) -> None:
         if data_dir is not None and train_file is not None:
             raise UserInputError("pass only one of data_dir and train_file — each is a full source of training data")
         if data_dir is not None:
@@ -78,5 +81,6 @@ class CustomerSupportRepliesDataModule(DialogueDataModule):
                          stratify_column="intent", chat_template=chat_template, truncation=truncation,
                          validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers)
+                         num_workers=num_workers,
+                         group_by_length=group_by_length)
         self.data_dir = data_dir

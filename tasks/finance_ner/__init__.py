@@ -57,6 +57,8 @@ class FinanceNerDataModule(TokenClassificationDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
         num_workers: data-loading worker processes.
+        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
+            order is still seeded, exact on resume).
     """
 
     def __init__(self, data_dir: str | None = None, tokenizer: str = "minilm", predict_file: str | None = None,
@@ -64,7 +66,8 @@ class FinanceNerDataModule(TokenClassificationDataModule):
                  scheme: Literal["auto", "IOB1", "IOB2", "IO"] = "auto", label_names: list[str] | None = None,
                  label_subwords: Literal["first", "last", "all"] = "first", validation_fraction: float = 0.1,
                  seed: int = 42, max_length: int = 256, batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0,
+                 group_by_length: bool = False) -> None:
         if data_dir is not None and hub_dataset is not None:
             raise UserInputError("pass only one of data_dir and hub_dataset — each is a full source of the data")
         files: tuple[str | None, str | None, str | None] = (None, None, None)
@@ -76,5 +79,6 @@ class FinanceNerDataModule(TokenClassificationDataModule):
                          tags_field=tags_field, tag_column=-1, scheme=scheme, label_names=label_names or LABEL_NAMES,
                          label_subwords=label_subwords, validation_fraction=validation_fraction, seed=seed,
                          max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers)
+                         num_workers=num_workers,
+                         group_by_length=group_by_length)
         self.data_dir = data_dir
