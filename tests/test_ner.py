@@ -91,6 +91,27 @@ def test_read_conll_skips_docstart_and_numbers_lines(tmp_path):
     assert read_conll(tmp_path / "t.txt", "x", tag_column=None)[0].tags is None
 
 
+def test_validation_is_carved_by_whole_documents_where_the_file_marks_them(tiny, tmp_path):
+    """Sentences of one document share names and terms: a validation split must not share documents with training."""
+    def document(d: int) -> str:
+        return "-DOCSTART- O\n\n" + "".join(f"bank{d} B-ORG\nrose O\nlondon B-LOC\nsent{i} O\n\n" for i in range(3))
+
+    train = write(tmp_path / "train.txt", "".join(document(d) for d in range(1, 5)))
+    write(tmp_path / "test.txt", "bank B-ORG\nrose O\n")
+    sentences = read_conll(train, "train_file")
+    assert [s.document for s in sentences] == [d for d in range(1, 5) for _ in range(3)]
+    data = TokenClassificationDataModule(tokenizer=tiny, train_file=train, test_file=str(tmp_path / "test.txt"),
+                                         validation_fraction=0.25, seed=3)
+    held = {s.document for s in data.splits["validation"]}
+    assert len(held) == 1 and len(data.splits["validation"]) == 3  # one whole document of four
+    assert not held & {s.document for s in data.splits["train"]} and len(data.splits["train"]) == 9
+    with pytest.raises(UserInputError, match="of 4 training documents would leave an empty split"):
+        TokenClassificationDataModule(tokenizer=tiny, train_file=train, validation_fraction=0.01)
+    flat = write(tmp_path / "flat.txt", "".join(document(d).replace("-DOCSTART- O\n\n", "") for d in range(1, 5)))
+    by_sentence = TokenClassificationDataModule(tokenizer=tiny, train_file=flat, validation_fraction=0.25, seed=3)
+    assert len(by_sentence.splits["validation"]) == 3 and len(by_sentence.splits["train"]) == 9
+
+
 @pytest.mark.parametrize(("content", "tag_column", "message"), [
     ("", -1, "has no sentences"),
     ("-DOCSTART- O\n\n\n", -1, "has no sentences"),

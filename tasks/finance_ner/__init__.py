@@ -5,7 +5,8 @@ types: ``FIN5`` (5 agreements) is the training file, ``FIN3`` (3 agreements) the
 
 - nothing: the small sample we wrote, bundled in ``sample/`` (train/validation/test) — runs offline;
 - ``data_dir``: a folder with ``FIN5.txt`` (train) and ``FIN3.txt`` (test), or ``train.txt`` [``valid.txt``]
-  ``test.txt``; without a validation file, a seeded ``validation_fraction`` of the training sentences is held out;
+  ``test.txt``; without a validation file, a seeded ``validation_fraction`` of the training documents (whole
+  ``-DOCSTART-`` sections, so no agreement is in both splits; else of the sentences) is held out;
 - ``hub_dataset`` (network): a Hub copy with ``tokens`` and tag columns (set ``tags_field``; integer tags without
   class names need ``label_names`` in the copy's id order).
 
@@ -51,7 +52,8 @@ class FinanceNerDataModule(TokenClassificationDataModule):
         label_names: the tag set in id order (default: CoNLL-2003's 9 tags); needed in the Hub copy's id order when
             its tags are integers without class names.
         label_subwords: which sub-words of a word carry its label: ``first``, ``last`` or ``all``.
-        validation_fraction: share of the training sentences held out for validation when there is no validation file.
+        validation_fraction: share of the training documents (``-DOCSTART-`` sections; else sentences) held out for
+            validation when there is no validation file.
         seed: seed of the validation split and of the training-batch order.
         max_length: longest tokenized sentence; words past it count as predicted ``O``.
         batch_size: training batch size.
