@@ -1,5 +1,5 @@
-"""Families outside the default tables and outside transformers' AttentionInterface: IA3's structural fallback
-(it agrees with the table where both apply) and prefix tuning on DeBERTa-v2/v3's disentangled attention."""
+"""Families outside the default tables and outside transformers' AttentionInterface: IA3's and LoRA's structural
+fallbacks (they agree with the tables where both apply) and prefix tuning on DeBERTa-v2/v3's disentangled attention."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from lightning_adapters.backbone import enable_gradient_checkpointing
 from lightning_adapters.strategies import (
     IA3,
     IA3Layer,
+    Lora,
+    LoraLayer,
     PrefixTuning,
     adapter_named_parameters,
     capture_key_values,
@@ -25,6 +27,7 @@ from lightning_adapters.strategies import (
     unmerge_adapters,
 )
 from lightning_adapters.strategies import ia3 as ia3_module
+from lightning_adapters.strategies import lora as lora_module
 from lightning_adapters.strategies.prefix import prefix_encoder
 
 PREFIX_TEXT = "profit loss sales rose"
@@ -54,6 +57,34 @@ def test_ia3_structural_fallback_agrees_with_the_table(family, monkeypatch):
     traced = frozen(family)
     IA3().apply(traced)
     assert ia3_layout(traced) == ia3_layout(table) and ia3_layout(table)
+
+
+# ---- LoRA: structural fallback ------------------------------------------------------------------------------------
+def lora_places(model: nn.Module) -> list[str]:
+    return sorted(name for name, m in model.named_modules() if isinstance(m, LoraLayer))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5", "mistral"])
+def test_lora_structural_fallback_agrees_with_the_table(family, monkeypatch):
+    """The traced query/value projections are the table's, cross-attention included (T5)."""
+    table = frozen(family)
+    Lora().apply(table)
+    monkeypatch.delitem(lora_module.DEFAULT_TARGETS, table.config.model_type)  # as if the family were unknown
+    traced = frozen(family)
+    Lora().apply(traced)
+    assert lora_places(traced) == lora_places(table) and lora_places(table)
+
+
+def test_lora_covers_a_family_outside_the_table_and_starts_as_the_identity():
+    assert "opt" not in lora_module.DEFAULT_TARGETS
+    batch = sample_batch(build_tokenizer())
+    reference = forward(frozen("opt"), "opt", batch)
+    model = frozen("opt")
+    Lora().apply(model)
+    assert lora_places(model) == [f"decoder.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")]
+    assert torch.equal(forward(model, "opt", batch), reference)
+    randomize(model)
+    assert not torch.allclose(forward(model, "opt", batch), reference)
 
 
 _DEBERTA = ("encoder.layer.{}.attention.self.", ["key_proj", "value_proj"], "encoder.layer.{}.output.dense")

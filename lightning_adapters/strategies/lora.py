@@ -7,9 +7,10 @@ base model computes. The update is linear in ``x``, so it can be folded into the
 inference at no extra cost, and taken out again (`merge_adapters` / `unmerge_adapters`). GPT-2's ``Conv1D`` stores
 its weight transposed (in x out); the merge transposes the update to match.
 
-Speed: an fp32 ``nn.Linear`` without LoRA dropout runs as one GEMM with ``W' = W + s B A`` (`_LoraLinear`): the same
-function and gradients up to float rounding, without the two thin forward GEMMs, the scale and the add over the whole
-activation; the adapter gradients come from thin GEMMs laid out as rank-sized rows (~2x faster than autograd's).
+Speed: an fp32 ``nn.Linear`` without LoRA dropout, given enough tokens (training batches, long prompts; not one-token
+generation steps), runs as one GEMM with ``W' = W + s B A`` (`_LoraLinear`): the same function and gradients up to
+float rounding, without the two thin forward GEMMs, the scale and the add over the whole activation; the adapter
+gradients come from thin GEMMs laid out as rank-sized rows (~2x faster than autograd's).
 
 Papers: https://arxiv.org/abs/2106.09685 (LoRA), https://arxiv.org/abs/2312.03732 (rsLoRA).
 """
@@ -17,7 +18,6 @@ Papers: https://arxiv.org/abs/2106.09685 (LoRA), https://arxiv.org/abs/2312.0373
 from __future__ import annotations
 
 import math
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from lightning_adapters.strategies.base import (
     match_target,
     replace_module,
 )
+from lightning_adapters.strategies.targets import find_query_value_projections
 
 _BERT_LIKE = ["query", "value"]
 _LLAMA_LIKE = ["q_proj", "v_proj"]
@@ -48,7 +49,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "bart": _LLAMA_LIKE, "mbart": _LLAMA_LIKE,
 }
 ALL_LINEAR = "all-linear"
-_Entry = TypeVar("_Entry")
 
 
 class LoraLayer(AdapterLayer):
@@ -155,7 +155,7 @@ class Lora(Strategy):
         dropout: dropout on the LoRA input during training.
         target_modules: where to add LoRA: a regex matching whole module names, a list of names or ``.suffix``es,
             or ``all-linear`` (every Linear inside the transformer blocks). Default: the query and value projections
-            of known families (``config.model_type``).
+            of known families (``config.model_type``), else of any family, found by tracing one forward pass.
         exclude_modules: modules to leave alone, with the same matching rules.
         use_rslora: rank-stabilised scaling ``alpha / sqrt(r)`` (Kalajdzievski 2023), better for large ranks.
     """
@@ -179,7 +179,7 @@ class Lora(Strategy):
     def apply(self, model: nn.Module) -> None:
         targets = self.target_modules
         if targets is None:
-            targets = default_targets(model, DEFAULT_TARGETS, "LoRA")
+            targets = DEFAULT_TARGETS.get(model_type(model)) or structural_targets(model)
         for name in select_linear(model, targets, self.exclude_modules, "LoRA"):
             base = model.get_submodule(name)
             layer = LoraLayer(base, self.r, self.alpha, self.dropout, self.use_rslora)
@@ -187,17 +187,23 @@ class Lora(Strategy):
             replace_module(model, name, layer)
 
 
+def structural_targets(model: nn.Module) -> list[str]:
+    """Query and value projections of a family missing from the table, found by tracing (`targets.
+    find_query_value_projections`); a fused q/k/v projection is taken whole. A clear refusal when none are found."""
+    config = getattr(model, "config", None)
+    found: tuple[list[str], list[str]] = ([], [])
+    if getattr(config, "hidden_size", None) and hasattr(model, "dummy_inputs"):
+        found = find_query_value_projections(model)
+    names = found[0] + found[1]
+    if not names:
+        raise UserInputError(f"no default LoRA targets for model_type '{model_type(model)}' and no attention "
+                             f"projections found by structure — pass target_modules (e.g. {_linear_examples(model)}, "
+                             f"or '{ALL_LINEAR}'); known types: {', '.join(sorted(DEFAULT_TARGETS))}")
+    return names
+
+
 def model_type(model: nn.Module) -> str:
     return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
-
-
-def default_targets(model: nn.Module, table: dict[str, _Entry], method: str) -> _Entry:
-    """The table entry for ``model``'s ``config.model_type``, or a clear refusal naming what to pass instead."""
-    kind = model_type(model)
-    if kind not in table:
-        raise UserInputError(f"no default {method} targets for model_type '{kind}' — pass target_modules (e.g. "
-                             f"{_linear_examples(model)}, or '{ALL_LINEAR}'); known types: {', '.join(sorted(table))}")
-    return table[kind]
 
 
 def select_linear(model: nn.Module, targets: str | list[str], exclude: str | list[str] | None,

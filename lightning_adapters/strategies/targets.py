@@ -81,12 +81,13 @@ def _trace_output_projections(model: nn.Module,
     return found
 
 
-def find_key_value_projections(model: nn.Module) -> tuple[list[str], list[str], list[str]]:
-    """By tracing: (key and value projections, fused q/k/v candidates, FFN output projections) of every block.
+def _attention_readers(model: nn.Module) -> tuple[list[list[str]], list[str], list[str]]:
+    """By tracing: (the projections of each attention module that read one token stream, in call order; fused q/k/v
+    candidates; FFN output projections) of every block.
 
     The projections of one attention module that read the same token stream are its query, key and value, in that
-    call order — or, in cross-attention, its key and value only (the query reads the decoder's stream). Projections
-    beside an FFN output projection (gate/up) belong to the FFN. A lone projection that triples its input width beside
+    call order — or, in cross-attention, its key and value, with the query (alone in that module: it reads the other
+    stream) put first. Projections beside an FFN output projection (gate/up) belong to the FFN. A lone projection that triples its input width beside
     an attention output projection is a fused q/k/v candidate; its layout (``[q | k | v]`` or per head) is not traced.
     """
     hidden = model.config.hidden_size
@@ -102,15 +103,33 @@ def find_key_value_projections(model: nn.Module) -> tuple[list[str], list[str], 
             readers = groups.setdefault((input_id, scope), [])
             if name not in readers:
                 readers.append(name)
-    keys_values, fused = [], []
+    attention, fused = [], []
+    pairs = {scope: readers for (_, scope), readers in groups.items() if len(readers) == 2}  # cross-attention k, v
     for (_, scope), readers in groups.items():
-        if len(readers) in (2, 3):
-            keys_values += readers[-2:]  # q, k, v: drop the query; cross-attention's k, v: both
+        if len(readers) == 3:
+            attention.append(readers)
+        elif len(readers) == 2:
+            queries = [r for (_, other), rs in groups.items() if other == scope and len(rs) == 1 for r in rs]
+            attention.append(queries[:1] + readers)  # its query reads the other stream, alone in the same module
+        elif len(readers) == 1 and scope in pairs:
+            continue  # a cross-attention query, taken with its key and value above
         elif len(readers) == 1 and scope in attention_scopes:
             in_features, out_features = linear_features(model.get_submodule(readers[0]))
             if out_features == 3 * in_features:
                 fused.append(readers[0])
-    return keys_values, fused, found["ffn"]
+    return attention, fused, found["ffn"]
+
+
+def find_key_value_projections(model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    """By tracing: (key and value projections, fused q/k/v candidates, FFN output projections) of every block."""
+    attention, fused, ffn = _attention_readers(model)
+    return [name for readers in attention for name in readers[-2:]], fused, ffn  # q, k, v: drop q; cross: k, v
+
+
+def find_query_value_projections(model: nn.Module) -> tuple[list[str], list[str]]:
+    """By tracing: (query and value projections, fused q/k/v candidates) of every block — LoRA's default places."""
+    attention, fused, _ = _attention_readers(model)
+    return [name for readers in attention for name in (readers[::2] if len(readers) == 3 else readers[1:])], fused
 
 
 def _in_block(name: str) -> bool:
