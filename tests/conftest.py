@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +29,9 @@ from transformers import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Real public data: $LIGHTNING_ADAPTERS_DATA, else ../shared/data beside the checkout; tests needing it skip without.
+DATA_ROOT = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 WORDS = ("the a an of to in and is was for on with as by at from profit loss sales rose fell grew dropped "
          "company bank card transfer money pin refund cash shares net quarter year good bad neutral market "

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA_ROOT
 
 from lightning_adapters.cli import AdaptersCLI, main
 from lightning_adapters.module import AdapterModule
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", REPO.parent / "shared" / "data"))
+DATA = DATA_ROOT
 EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("strategy", "trainer"))
 FRAGMENTS = sorted((REPO / "configs" / "strategy").glob("*.yaml"))
 TRAINER_FRAGMENTS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))

@@ -16,7 +16,7 @@ import datasets
 import pandas as pd
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, DATA_ROOT
 from transformers import BertTokenizerFast
 
 from lightning_adapters.data import TextClassificationDataModule
@@ -26,7 +26,7 @@ from lightning_adapters.loading import LengthGroupedSampler
 from lightning_adapters.tasks.customer_service import CustomerServiceDataModule
 from lightning_adapters.tasks.finance_sentiment import LABEL_NAMES, FinanceSentimentDataModule, read_phrasebank_txt
 
-DATA = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = DATA_ROOT
 PHRASEBANK, BANKING77 = DATA / "financial_phrasebank", DATA / "banking77"
 PACKS = Path(__file__).resolve().parents[1] / "tasks"
 WORDS = "the a company profit rose fell sharply in quarter sales bank card my is lost where refund".split()

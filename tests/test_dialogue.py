@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import DATA_ROOT
 from strategy_table import pick
 
 from lightning_adapters import AdapterModule, JsonlPredictionWriter, Lora
@@ -255,10 +256,7 @@ def test_pack_sample_has_bitext_columns_and_disjoint_splits(model_dirs):
 
 @pytest.mark.slow
 def test_pack_reads_real_bitext_with_intent_stratified_splits(model_dirs):
-    import os
-
-    folder = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", REPO.parent / "shared" / "data")) / \
-        "bitext_customer_support"
+    folder = DATA_ROOT / "bitext_customer_support"
     if not folder.is_dir():
         pytest.skip(f"{folder} not found (set LIGHTNING_ADAPTERS_DATA)")
     data = CustomerSupportRepliesDataModule(data_dir=str(folder), tokenizer=model_dirs["llama"])

@@ -4,7 +4,6 @@ every strategy and backbone family, exact adapter round trips, the packs, and th
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,7 @@ import datasets
 import pytest
 import torch
 import yaml
-from conftest import build_tokenizer
+from conftest import DATA_ROOT, build_tokenizer
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
 from strategy_table import pick
@@ -348,8 +347,7 @@ def test_pack_data_dir_layouts_and_refusals(tiny, tmp_path):
         Conll2003DataModule(data_dir=str(tmp_path), hub_dataset="x/y", tokenizer=tiny)
 
 
-CONLL = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"),
-             "conll2003")
+CONLL = DATA_ROOT / "conll2003"
 
 
 @pytest.mark.skipif(not CONLL.is_dir(), reason=f"no CoNLL-2003 at {CONLL} (set LIGHTNING_ADAPTERS_DATA)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import WORDS
+from conftest import DATA_ROOT, WORDS
 from strategy_table import pick
 
 from lightning_adapters import AdapterModule, load_adapter
@@ -33,7 +32,7 @@ from lightning_adapters.squad_metric import (
 )
 from lightning_adapters.tasks.squad import SAMPLE_DIR, SquadDataModule
 
-DATA = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = DATA_ROOT
 DATA = DATA / "squad_v1.1"
 
 
