@@ -51,9 +51,24 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], Any]) -> None
             raise
         raise UserInputError(f"cannot write '{target}' ({err.strerror}) — free disk space or raise the file-size "
                              f"limit (ulimit -f); any earlier '{target.name}' is intact") from err
+    except RuntimeError as err:  # torch's C++ writer reports a short write as "unexpected pos", not as an OSError
+        if not _out_of_space(Path(tmp)):
+            raise
+        raise UserInputError(f"cannot write '{target}' (disk full or file-size limit reached) — free disk space or "
+                             f"raise the file-size limit (ulimit -f); any earlier '{target.name}' is intact") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _out_of_space(partial: Path) -> bool:
+    """Whether a write that stopped at ``partial`` hit the file-size limit (RLIMIT_FSIZE) or a (nearly) full disk."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = partial.stat().st_size if partial.exists() else 0
+    at_limit = limit != resource.RLIM_INFINITY and size + (1 << 20) >= limit
+    return at_limit or shutil.disk_usage(partial.parent).free < (1 << 20)
 
 
 def replace_folder(target: str | os.PathLike, write: Callable[[Path], Any], names: set[str]) -> Path:
@@ -107,6 +122,22 @@ def check_replaceable(target: str | os.PathLike, names: set[str]) -> None:
     if others:
         raise UserInputError(f"'{target}' holds files that are not part of an adapter folder (e.g. '{others[0]}') "
                              "— save into a new or empty folder, or into an adapter folder to replace it")
+    check_can_create(target.parent, f"the folder of '{target}'")
+
+
+def check_can_create(folder: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, a ``folder`` in which nothing could be created: its nearest existing ancestor is a
+    file, or creating there fails (read-only, no permission, a pseudo file system). Tried for real — a temporary
+    folder made and removed — since ``os.access`` says yes to root on a read-only mount."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserInputError(f"cannot create {what}: '{existing}' is a file — pass a path under a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-check-"))
+    except OSError as err:
+        raise UserInputError(f"cannot create {what} in '{existing}' ({err.strerror}) — pass a folder you can write "
+                             "to") from err
 
 
 def _seal(folder: Path) -> None:

@@ -13,13 +13,16 @@ resumes the newest version that has a ``last.ckpt`` and keeps writing into it.
 
 from __future__ import annotations
 
+import pickle
 import re
 import signal
 import sys
 import zipfile
+from argparse import ArgumentError
 from pathlib import Path
 
 import lightning as L
+import torch
 import transformers
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -29,10 +32,11 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lightning_adapters.atomic import AtomicCheckpointIO, check_replaceable
+from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
+from lightning_adapters.backbone import check_fingerprint
 from lightning_adapters.checkpoint import ADAPTER_FILES, save_adapter
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.module import AdapterModule
+from lightning_adapters.module import CHECKPOINT_KEY, AdapterModule
 from lightning_adapters.progress import LineProgress
 
 OVERVIEW = """\
@@ -107,17 +111,58 @@ class AdaptersCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        config = self.config_init[self.subcommand]
-        if self.trainer.max_epochs == 0 or self.trainer.max_steps == 0:
-            raise UserInputError("max_epochs/max_steps 0 trains nothing, and fit would export an untrained adapter — "
-                                 "set --trainer.max_epochs or --trainer.max_steps to at least 1")
+        config, trainer = self.config_init[self.subcommand], self.trainer
+        if trainer.max_epochs == 0 or trainer.max_steps == 0 or trainer.limit_train_batches == 0:
+            raise UserInputError("max_epochs/max_steps/limit_train_batches 0 trains nothing, and fit would export an "
+                                 "untrained adapter — set them to at least 1")
+        if trainer.accumulate_grad_batches < 1:
+            raise UserInputError(f"accumulate_grad_batches must be at least 1, got {trainer.accumulate_grad_batches} "
+                                 "— set --trainer.accumulate_grad_batches 1 (no accumulation) or more")
+        self._check_run_folder()
         if config.get("export_dir"):  # refuse an unusable folder now, not after hours of training
             check_replaceable(config["export_dir"], ADAPTER_FILES)
+        self._resolve_last(required=False)  # none found: Lightning warns and starts fresh
+        self._check_checkpoint_matches()
+
+    def _check_checkpoint_matches(self) -> None:
+        """A checkpoint of another base or strategy is refused before Lightning writes the run's config.yaml (which,
+        on resume, would overwrite the earlier run's)."""
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if path is None or not Path(path).is_file():
+            return
+        checkpoint = read_checkpoint(path)
+        check_fingerprint(checkpoint[CHECKPOINT_KEY]["base_model"], self.model.base_fingerprint, "checkpoint")
+        if "state_dict" in checkpoint:
+            self.model.check_trainable_state(checkpoint["state_dict"], "checkpoint")
+
+    def before_validate(self) -> None:
+        self._check_run_folder()
+        self._resolve_last(required=True)
+        self._check_checkpoint_matches()
+
+    before_test = before_predict = before_validate
+
+    def _check_run_folder(self) -> None:
+        """The run folder (the logger's, else default_root_dir) must be creatable before anything runs."""
+        logger = self.trainer.logger
+        root = (logger.save_dir if logger is not None and logger.save_dir else None) or self.trainer.default_root_dir
+        check_can_create(root, f"the run folder '{root}' (--trainer.default_root_dir)")
+
+    def _resolve_last(self, required: bool) -> None:
+        """``--ckpt_path last``: the newest run's ``checkpoints/last.ckpt``, resumed in its own run folder."""
+        config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last" or self.trainer.logger is None:
             return
         found = newest_last_checkpoint(self.trainer.logger)
-        if found is not None:  # resume that run, in its own folder; none found: Lightning warns and starts fresh
-            config["ckpt_path"], self.trainer.logger._version = str(found[0]), found[1]
+        if found is None:
+            if required:
+                runs = Path(self.trainer.logger.save_dir or ".") / (self.trainer.logger.name or "")
+                raise UserInputError(f"--ckpt_path last: no run under '{runs}' has checkpoints/last.ckpt — pass "
+                                     "--ckpt_path FILE, or fit first")
+            return
+        config["ckpt_path"] = str(found[0])
+        if self.subcommand == "fit":  # resume that run, in its own folder
+            self.trainer.logger._version = found[1]
             print(f"resuming {found[0]}")
 
     def after_fit(self) -> None:
@@ -174,6 +219,23 @@ def check_ckpt_path(path: str | None) -> None:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
         raise UserInputError(f"checkpoint '{path}' is not a readable torch checkpoint (truncated or another format) "
                              "— pass another checkpoint, e.g. the run's checkpoints/last.ckpt")
+    read_checkpoint(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A lightning-adapters checkpoint, read without unpickling code (``weights_only``; memory-mapped, so cheap), or
+    one line saying why it is not one."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserInputError(f"checkpoint '{path}' cannot be read safely ({first}) — pass a checkpoint written by a "
+                             "lightning-adapters run") from err
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint \
+            or CHECKPOINT_KEY not in checkpoint:
+        raise UserInputError(f"checkpoint '{path}' was not written by a lightning-adapters run (no Lightning or "
+                             "adapter metadata) — pass a run's checkpoints/*.ckpt")
+    return checkpoint
 
 
 def newest_last_checkpoint(logger: Logger) -> tuple[Path, int | str] | None:
@@ -201,6 +263,10 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
         return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                            args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
                            parser_kwargs=parser_kwargs())
+    except ArgumentError as err:  # jsonargparse's report: a usage line, then a nested multi-line explanation
+        print(f"lightning-adapters: error: {parser_error_line(str(err), sys.argv[1:] if args is None else args)}",
+              file=sys.stderr)
+        sys.exit(2)
     except SIGTERMException:  # Lightning ends a run stopped by SIGTERM with SystemExit(0): `fit && deploy` went on
         print("lightning-adapters: error: stopped by SIGTERM before the run finished; nothing was exported — resume "
               "with --ckpt_path last", file=sys.stderr)
@@ -213,9 +279,53 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
         sys.exit(2)
 
 
+_NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value.*|"
+                    r"Expected a <class 'NoneType'>|Expected a path but .* either not accessible or invalid)$")
+
+
+def parser_error_line(message: str, argv: list[str]) -> str:
+    """One line from jsonargparse's nested report: the option path (each ``Parser key``), the innermost reason and
+    the fix. The report tries every member of each Union; the ``NoneType`` branches only add noise."""
+    command = next((arg for arg in argv if arg in ("fit", "validate", "test", "predict")), "<command>")
+    if "Problems parsing config" in message:
+        return config_error_line(message, argv)
+    keys, reason, classes = [], "", []
+    for raw in message.splitlines():
+        line = raw.strip().removeprefix("- ").strip()
+        key = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
+        if key:
+            keys.append(key.group(1))
+            line = key.group(2)
+        given = re.fullmatch(r"Problem with given class_path '([^']+)':", line)
+        if given:
+            classes.append(given.group(1))
+        elif line and not _NOISE.match(line):
+            reason = line
+    where = f"--{'.'.join(keys)}: " if keys else ""
+    fix = f"see lightning-adapters {command} --help"
+    if classes and keys and keys[0] in ("model", "data") and "attribute" not in reason:
+        fix += f" (--{keys[0]}.help {classes[0]} lists that class's options)"
+    return f"{where}{reason or message.strip().splitlines()[0]} — {fix}"
+
+
+def config_error_line(message: str, argv: list[str]) -> str:
+    """A YAML error names ``<unicode string>``: name the --config file that does not parse instead."""
+    import yaml
+
+    detail = " ".join(line.strip() for line in message.replace("Problems parsing config:", "").splitlines())
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--config" and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError:
+                return f"--config {value} is not valid YAML: {detail.replace('<unicode string>', value)} — fix it"
+    return f"a --config value is not valid YAML: {detail} — fix it"
+
+
 def parser_kwargs() -> dict:
-    """The overview on top of ``--help`` and of each subcommand's ``--help``."""
-    kwargs = {"description": OVERVIEW, "formatter_class": _OverviewFormatter}
+    """The overview on top of ``--help`` and of each subcommand's ``--help``; parse errors raise (`run_cli` prints
+    them as one line) instead of printing jsonargparse's multi-line report."""
+    kwargs = {"description": OVERVIEW, "formatter_class": _OverviewFormatter, "exit_on_error": False}
     commands = {command: {**kwargs, "usage": f"lightning-adapters {command} --config FILE [--key value ...]"}
                 for command in ("fit", "validate", "test", "predict")}
     return {**kwargs, **commands}

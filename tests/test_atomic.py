@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from test_cli import workdir, write_config  # noqa: F401 — workdir is a fixture
 
-from lightning_adapters.atomic import AtomicCheckpointIO, atomic_write
+from lightning_adapters.atomic import AtomicCheckpointIO, atomic_write, check_can_create, check_replaceable
 from lightning_adapters.cli import run_cli
+from lightning_adapters.errors import UserInputError
 
 
 class Crash(RuntimeError):
@@ -77,3 +79,33 @@ def test_a_file_size_limit_mid_write_is_one_line_and_the_old_file_stays(tmp_path
     assert "File too large" in done.stdout and "ulimit -f" in done.stdout
     assert target.read_bytes() == b"old checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_file_size_limit_inside_torch_save_is_one_line_and_the_old_file_stays(tmp_path):
+    """torch's C++ writer reports the short write as a RuntimeError ("unexpected pos"), not as an OSError."""
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old checkpoint")
+    script = (f"import resource, sys, torch\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+              f"from lightning_adapters.atomic import atomic_write\n"
+              f"from lightning_adapters.errors import UserInputError\n"
+              f"try:\n    atomic_write({str(target)!r}, lambda p: torch.save({{'w': torch.zeros(1 << 20)}}, p))\n"
+              f"except UserInputError as err:\n    print(err)\n    sys.exit(2)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "file-size limit reached" in done.stdout and "ulimit -f" in done.stdout
+    assert target.read_bytes() == b"old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_a_folder_nothing_can_be_created_in_is_refused_before_work(tmp_path, where):
+    blocker = tmp_path / "f.txt"
+    blocker.write_text("x")
+    folder = blocker / "adapter" if where == "file" else Path("/proc/la-check/adapter")
+    with pytest.raises(UserInputError, match="cannot create"):
+        check_can_create(folder, "the adapter folder")
+    with pytest.raises(UserInputError, match="cannot create"):
+        check_replaceable(folder, {"adapter_config.json"})
+    check_can_create(tmp_path / "new" / "deeper", "a folder")  # creatable: nothing raised, nothing left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]

@@ -90,3 +90,75 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(workdir, model_dirs, monk
         main(["fit", "--config", str(config), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "1"])
     slow = [w for w in caught if "without bf16 instructions" in str(w.message)]
     assert len(slow) == (0 if native else 1)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--model.init_args.learnin_rate", "0.1"], "--model: Option 'learnin_rate' is not accepted — see "
+                                                "lightning-adapters fit --help (--model.help"),
+    (["--model.init_args.learning_rate", "fast"], "--model.learning_rate: Expected a <class 'float'>. Got value: fast"),
+    (["--model.init_args.strategy", "lightning_adapters.Nope"], "--model.strategy: module 'lightning_adapters' has no "
+                                                                "attribute 'Nope'"),
+    (["--model.init_args.strategy.init_args.variant", "sideways"], "--model.strategy.variant: Expected a "
+                                                                   "typing.Literal['houlsby', 'pfeiffer', 'parallel']"),
+    (["--trainer.max_steps", "abc"], "--trainer.max_steps: Expected a <class 'int'>. Got value: abc"),
+])
+def test_parser_errors_are_one_line_naming_the_option_and_the_reason(workdir, model_dirs, capsys, extra,  # noqa: F811
+                                                                    expected):
+    config = write_config(workdir, model_dirs["bert"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err  # no usage block, no nested report
+
+
+def test_a_config_file_that_is_not_yaml_is_named(workdir, model_dirs, capsys):  # noqa: F811
+    config = write_config(workdir, model_dirs["bert"])
+    bad = workdir / "override.yaml"
+    bad.write_text("trainer:\n  max_epochs: 1\n\tfoo: 2\n")
+    line = error_line(capsys, ["fit", "--config", str(config), "--config", str(bad)])
+    assert f"--config {bad} is not valid YAML" in line and f'in "{bad}", line 3' in line
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--trainer.limit_train_batches", "0"], "trains nothing"),
+    (["--trainer.accumulate_grad_batches", "0"], "accumulate_grad_batches must be at least 1"),
+    (["--trainer.logger.init_args.save_dir", "BLOCKER/runs"], "is a file"),
+    (["--export_dir", "BLOCKER/adapter"], "is a file"),
+    (["--export_dir", "/proc/la-check/adapter"], "cannot create"),
+])
+def test_settings_that_train_nothing_or_cannot_write_are_refused_before_training(workdir, model_dirs, capsys,  # noqa: F811
+                                                                                 extra, expected):
+    config = write_config(workdir, model_dirs["bert"])
+    (workdir / "BLOCKER").write_text("a file, not a folder")
+    extra = [arg.replace("BLOCKER", str(workdir / "BLOCKER")) for arg in extra]
+    line = error_line(capsys, ["fit", "--config", str(config), *extra])
+    assert expected in line
+    assert not (workdir / "ckpt").exists() and not (workdir / "runs").exists()  # refused before the first step
+
+
+def test_checkpoints_that_are_not_ours_or_do_not_match_are_refused_before_anything_is_written(  # noqa: F811
+        workdir, model_dirs, capsys):
+    import torch
+
+    config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1})
+    torch.save({"foo": 1}, workdir / "plain.ckpt")
+    line = error_line(capsys, ["test", "--config", str(config), "--ckpt_path", str(workdir / "plain.ckpt")])
+    assert "not written by a lightning-adapters run" in line
+
+    class Payload:  # what an attacker's pickle would carry: weights_only refuses to build it
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    torch.save({"pytorch-lightning_version": "2.6", "x": Payload()}, workdir / "evil.ckpt")
+    line = error_line(capsys, ["test", "--config", str(config), "--ckpt_path", str(workdir / "evil.ckpt")])
+    assert "cannot be read safely" in line and "payload ran" not in capsys.readouterr().out
+    line = error_line(capsys, ["test", "--config", str(config), "--ckpt_path", "last"])
+    assert "no run under" in line and "has checkpoints/last.ckpt" in line
+    main(["fit", "--config", str(config)])
+    runs = sorted((workdir / "runs" / "tiny").iterdir())
+    saved = (runs[-1] / "config.yaml").read_bytes()
+    line = error_line(capsys, ["fit", "--config", str(config), "--ckpt_path", str(workdir / "ckpt" / "last.ckpt"),
+                               "--model.init_args.strategy", "lightning_adapters.Lora"])
+    assert "checkpoint does not match this model" in line
+    assert sorted((workdir / "runs" / "tiny").iterdir()) == runs and (runs[-1] / "config.yaml").read_bytes() == saved

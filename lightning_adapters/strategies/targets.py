@@ -87,8 +87,9 @@ def _attention_readers(model: nn.Module) -> tuple[list[list[str]], list[str], li
 
     The projections of one attention module that read the same token stream are its query, key and value, in that
     call order — or, in cross-attention, its key and value, with the query (alone in that module: it reads the other
-    stream) put first. Projections beside an FFN output projection (gate/up) belong to the FFN. A lone projection that triples its input width beside
-    an attention output projection is a fused q/k/v candidate; its layout (``[q | k | v]`` or per head) is not traced.
+    stream) put first. Projections beside an FFN output projection (gate/up) belong to the FFN. A lone projection
+    that triples its input width beside an attention output projection is a fused q/k/v candidate; its layout
+    (``[q | k | v]`` or per head) is not traced.
     """
     hidden = model.config.hidden_size
     calls = _trace_linear_inputs(model)
