@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from lightning_adapters.errors import UserInputError
@@ -145,13 +146,30 @@ def load_model(name: str, auto_class: type, dtype: str | None = None, revision: 
     try:
         model = auto_class.from_pretrained(source.path, **kwargs)
     except OSError as err:  # transformers reports a missing local or hub model as OSError
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"cannot load model '{name}': {first_line}") from err
-    except ValueError as err:
-        refuse_remote_code(err, name)
-        raise
+        raise UserInputError(f"cannot load model '{name}': {_first_line(err)} — {_where_models_come_from(name)}") \
+            from err
+    except (ValueError, RuntimeError, SafetensorError) as err:  # cut-off weights, a broken GGUF, a bad config
+        if isinstance(err, ValueError):
+            refuse_remote_code(err, name)
+        raise UserInputError(f"cannot load model '{name}': {_first_line(err)} — the model files are incomplete or "
+                             "corrupt (download them again), or of an architecture this transformers does not know") \
+            from err
     model.requires_grad_(False)
     return model
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _where_models_come_from(name: str) -> str:
+    """The fix for a model that cannot be found: what a backbone name may be."""
+    if Path(name).exists():
+        return "the model folder is incomplete or corrupt (config.json, weights); download it again"
+    known = ", ".join(sorted(_ALIASES))
+    if "/" not in name:
+        return f"'{name}' is neither an alias ({known}) nor a folder; pass one of those or a hub id you can reach"
+    return f"pass an existing folder, an alias ({known}) or a hub id you can reach (HF_HUB_OFFLINE blocks the hub)"
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -163,10 +181,13 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         tokenizer = AutoTokenizer.from_pretrained(source.path, revision=revision, trust_remote_code=trust_remote_code,
                                                   **source.kwargs())
     except OSError as err:
-        raise UserInputError(f"cannot load the tokenizer of '{name}': {str(err).strip().splitlines()[0]}") from err
-    except ValueError as err:
-        refuse_remote_code(err, name)
-        raise
+        raise UserInputError(f"cannot load the tokenizer of '{name}': {_first_line(err)} — "
+                             f"{_where_models_come_from(name)}") from err
+    except (ValueError, RuntimeError) as err:
+        if isinstance(err, ValueError):
+            refuse_remote_code(err, name)
+        raise UserInputError(f"cannot load the tokenizer of '{name}': {_first_line(err)} — the tokenizer files are "
+                             "incomplete or corrupt; download them again") from err
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserInputError(f"tokenizer of '{name}' has neither a pad nor an EOS token — add a pad token")

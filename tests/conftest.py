@@ -10,6 +10,10 @@ import copy
 import os
 from pathlib import Path
 
+# Before transformers / huggingface_hub are imported: they read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -26,9 +30,6 @@ from transformers import (
     RobertaConfig,
     T5Config,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Real public data: $LIGHTNING_ADAPTERS_DATA, else ../shared/data beside the checkout; tests needing it skip without.
 DATA_ROOT = Path(os.environ.get("LIGHTNING_ADAPTERS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

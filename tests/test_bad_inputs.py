@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -193,6 +194,33 @@ def test_a_model_that_needs_its_own_code_is_refused_naming_the_option(model_dirs
     (folder / "modeling_mine.py").write_text("raise RuntimeError('this code must not run')\n")
     with pytest.raises(UserInputError, match="set model.init_args.trust_remote_code: true") as info:
         load_model(str(folder), AutoModel)
+    one_line(info)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("weights", "the model files are incomplete or corrupt"),
+    ("config", "the model folder is incomplete or corrupt"),
+])
+def test_a_damaged_model_folder_is_one_line_saying_so(damage, message, model_dirs, tmp_path):
+    folder = tmp_path / "model"
+    AutoModel.from_pretrained(model_dirs["bert"]).save_pretrained(folder)
+    if damage == "weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        (folder / "config.json").write_text("{")
+    with pytest.raises(UserInputError, match=message) as info:
+        load_model(str(folder), AutoModel)
+    one_line(info)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("minilm2", "'minilm2' is neither an alias (minilm, smollm2) nor a folder"),
+    ("someorg/some-model", "pass an existing folder, an alias (minilm, smollm2) or a hub id you can reach"),
+])
+def test_an_unknown_model_name_says_what_a_backbone_may_be(name, message):
+    with pytest.raises(UserInputError, match=re.escape(message)) as info:
+        load_model(name, AutoModel)
     one_line(info)
 
 

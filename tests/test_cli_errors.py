@@ -137,8 +137,8 @@ def test_settings_that_train_nothing_or_cannot_write_are_refused_before_training
     assert not (workdir / "ckpt").exists() and not (workdir / "runs").exists()  # refused before the first step
 
 
-def test_checkpoints_that_are_not_ours_or_do_not_match_are_refused_before_anything_is_written(  # noqa: F811
-        workdir, model_dirs, capsys):
+def test_checkpoints_that_are_not_ours_or_do_not_match_are_refused_before_anything_is_written(
+        workdir, model_dirs, capsys):  # noqa: F811
     import torch
 
     config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1})
