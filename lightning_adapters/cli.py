@@ -85,6 +85,14 @@ class AdaptersCLI(LightningCLI):
         if command:  # before Lightning reads the checkpoint's hyper-parameters (a traceback on a missing file)
             check_ckpt_path(self.config[command].get("ckpt_path"))
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SystemExit as stop:  # Lightning ends a Ctrl-C'd run with exit(1) after its graceful shutdown
+            if stop.code == 1 and self.trainer.interrupted:
+                raise KeyboardInterrupt from stop
+            raise
+
     def before_instantiate_classes(self) -> None:
         if not sys.stderr.isatty():  # transformers' weight-loading bar, redrawn in place, garbles a log file
             transformers.utils.logging.disable_progress_bar()
@@ -257,9 +265,48 @@ def main(args: list[str] | None = None) -> None:
     run_cli(args)
 
 
+_MAX_YAML_VALUES = 1_000_000
+
+
+def check_yaml_size(argv: list[str]) -> None:
+    """Refuse a YAML file whose aliases expand to more than a million values ("billion laughs"): jsonargparse would
+    expand them all, which never ends. Every argument naming a .yaml/.yml file is checked (``--config``, and class
+    configs such as ``--model.init_args.strategy configs/strategy/lora.yaml``)."""
+    import yaml
+
+    for arg in argv:
+        path = Path(arg.split("=", 1)[-1])
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            continue
+        try:
+            size = sum(_expanded_size(root, {}) for root in yaml.compose_all(path.read_text()) if root is not None)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # the parser reports it, naming the file
+        except RecursionError as err:
+            raise UserInputError(f"'{path}' nests too deeply to be a config — write it out flat") from err
+        if size > _MAX_YAML_VALUES:
+            raise UserInputError(f"'{path}' uses YAML aliases that expand to more than {_MAX_YAML_VALUES:,} values — "
+                                 "write the config out without nested aliases")
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """Values in ``node`` once its aliases are expanded. An alias shares its anchor's node, so memoising by node keeps
+    the count cheap however large the expansion; a recursive alias counts once."""
+    import yaml
+
+    if id(node) not in sizes:
+        sizes[id(node)] = 1
+        if isinstance(node, yaml.MappingNode):
+            sizes[id(node)] = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            sizes[id(node)] = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    return sizes[id(node)]
+
+
 def run_cli(args: list[str] | None = None) -> AdaptersCLI:
     """Run the CLI and return it; bad input ends with one line on stderr and exit status 2, not a traceback."""
     try:
+        check_yaml_size(sys.argv[1:] if args is None else args)
         return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                            args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
                            parser_kwargs=parser_kwargs())
@@ -267,10 +314,11 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
         print(f"lightning-adapters: error: {parser_error_line(str(err), sys.argv[1:] if args is None else args)}",
               file=sys.stderr)
         sys.exit(2)
-    except SIGTERMException:  # Lightning ends a run stopped by SIGTERM with SystemExit(0): `fit && deploy` went on
-        print("lightning-adapters: error: stopped by SIGTERM before the run finished; nothing was exported — resume "
+    except (SIGTERMException, KeyboardInterrupt) as stop:  # Lightning ends a SIGTERM'd run with SystemExit(0):
+        name = "SIGTERM" if isinstance(stop, SIGTERMException) else "SIGINT (Ctrl-C)"  # `fit && deploy` went on
+        print(f"lightning-adapters: error: stopped by {name} before the run finished; nothing was exported — resume "
               "with --ckpt_path last", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + (signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT))
     except Exception as err:  # noqa: BLE001 — re-raised below unless it is (or wraps) bad user input
         cause = user_input_error(err)
         if cause is None:

@@ -56,6 +56,9 @@ def parse_messages(value: Any, where: str, aliases: dict[str, str]) -> list[dict
         except json.JSONDecodeError as err:
             raise UserInputError(f"{where}: messages is not a JSON list ({err.msg}) — write a list of "
                                  "{role, content} objects") from err
+        except RecursionError as err:
+            raise UserInputError(f"{where}: messages nest too deeply — write a flat list of {{role, content}} "
+                                 "objects") from err
     if is_missing(value) or (isinstance(value, list) and not value):
         raise UserInputError(f"{where}: empty dialogue (no turns) — give at least a user and an assistant turn")
     if not isinstance(value, list):

@@ -108,6 +108,9 @@ class AdapterModule(L.LightningModule):
         if label_counts is not None and getattr(self.head, "label_counts", ...) is None:
             self.head.label_counts = list(label_counts)
         self.label_names = list(label_names) if label_names else None
+        if self.label_names and len(set(self.label_names)) != len(self.label_names):
+            repeated = sorted({name for name in self.label_names if self.label_names.count(name) > 1})
+            raise UserInputError(f"label_names repeat {repeated} — each label must appear once")
         self.dtype_name = dtype
         self.learning_rate, self.weight_decay, self.warmup_ratio = learning_rate, weight_decay, warmup_ratio
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -240,6 +243,9 @@ class AdapterModule(L.LightningModule):
             if tuple(state[name].shape) != tuple(expected[name].shape):
                 raise UserInputError(f"{where}: weight '{name}' has shape {tuple(state[name].shape)}, the model "
                                      f"expects {tuple(expected[name].shape)} — use the settings it was trained with")
+            if not state[name].is_floating_point():  # load_state_dict would cast integers or booleans silently
+                raise UserInputError(f"{where}: weight '{name}' holds {state[name].dtype} values, not floating-point "
+                                     "weights — the file is damaged or was not written by a training run")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {

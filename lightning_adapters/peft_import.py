@@ -52,6 +52,12 @@ def import_peft(folder: str | os.PathLike) -> tuple[Strategy, dict[str, torch.Te
     folder = Path(folder)
     config, raw = _read_folder(folder)
     kind = config.get("peft_type")
+    if kind is None and str(config.get("format", "")).startswith("lightning-adapters"):
+        raise UserInputError(f"'{folder}' is a lightning-adapters adapter folder, not a PEFT one — load it with "
+                             "load_adapter()")
+    if kind is None:
+        raise UserInputError(f"'{folder / CONFIG_NAME}' has no peft_type — the folder is not a PEFT adapter or is "
+                             "corrupt")
     if kind not in _READERS:
         raise UserInputError(f"'{folder}' holds a {kind} adapter; import_peft reads {', '.join(_READERS)} only — "
                              "load it with PEFT")
@@ -74,7 +80,8 @@ def _read_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
                              f"{WEIGHTS_NAME}) — pass a folder written by save_pretrained() or export_peft()")
     config = read_json(folder / CONFIG_NAME, "the PEFT adapter folder is corrupt")
     if not isinstance(config, dict):
-        raise UserInputError(f"'{folder / CONFIG_NAME}' is not a PEFT adapter config (not a JSON object)")
+        raise UserInputError(f"'{folder / CONFIG_NAME}' is not a PEFT adapter config (not a JSON object) — the PEFT "
+                             "adapter folder is corrupt")
     try:
         return config, load_file(folder / WEIGHTS_NAME)
     except (SafetensorError, OSError, ValueError) as err:
@@ -92,8 +99,8 @@ def load_peft(folder: str | os.PathLike, backbone: str, label_names: list[str] |
     module = AdapterModule(backbone, strategy=strategy, head=head, label_names=label_names, dtype=dtype)
     if not any(key.startswith("head.") for key in state):
         state.update({f"head.{name}": param.detach() for name, param in module.head.named_parameters()})
+    check_peft_base(module, Path(folder), backbone)  # first: another base also fails the weight check, misleadingly
     module.check_trainable_state(state, f"PEFT folder '{folder}'")
-    check_peft_base(module, Path(folder), backbone)
     module.load_state_dict(state, strict=False)
     return module
 

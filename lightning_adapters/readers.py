@@ -94,6 +94,9 @@ def read_jsonl(path: Path, source: str) -> Table:
             record = json.loads(line, object_pairs_hook=_no_repeated_keys)
         except json.JSONDecodeError as err:
             raise UserInputError(f"{source} line {number}: invalid JSON ({err.msg}) — one object per line") from err
+        except RecursionError as err:  # the parser recurses once per nesting level
+            raise UserInputError(f"{source} line {number}: nests too deeply to be a row — one flat object per "
+                                 "line") from err
         except KeyError as err:
             raise UserInputError(f"{source} line {number}: key {err} appears twice in one object — keep one") from err
         if not isinstance(record, dict):

@@ -97,6 +97,8 @@ def read_squad_json(path: Path, source: str, labelled: bool = True) -> list[QAEx
                              "the file") from err
     except UnicodeDecodeError as err:
         raise UserInputError(f"{source} is not UTF-8 text ({err.reason}) — save it as UTF-8 JSON") from err
+    except RecursionError as err:  # the parser recurses once per nesting level
+        raise UserInputError(f"{source} nests too deeply to be SQuAD JSON — fix the file") from err
     return parse_squad(root, source, labelled)
 
 

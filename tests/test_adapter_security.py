@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import build_model, build_tokenizer
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from lightning_adapters import (
@@ -105,6 +106,15 @@ def test_a_users_head_loads_once_registered_or_allowed(model_dirs, tmp_path, mon
     ({"backbone": None, "head": None}, "has no backbone, head"),
     ({"strategy": "Bottleneck"}, "strategy should be dict, not str"),
     ({"label_names": "negative"}, r"label_names should be list\[str\] \| None, not str"),
+    ({"label_names": ["neutral", "neutral", "positive"]}, r"label_names repeat \['neutral'\]"),
+    ({"strategy": {"class_path": BOTTLENECK, "init_args": {"reduction_factor": 0}}},
+     "reduction_factor and bottleneck_size must be >= 1"),
+    ({"strategy": {"class_path": BOTTLENECK, "init_args": {"reduction_factor": -4}}},
+     "reduction_factor and bottleneck_size must be >= 1"),
+    ({"head": {"class_path": "lightning_adapters.heads.classification.ClassificationHead",
+               "init_args": {"dropout": 5.0}}}, r"head dropout must be in \[0, 1\), got 5.0"),
+    ({"strategy": {"class_path": "lightning_adapters.strategies.lora.Lora", "init_args": {"r": 1000000000}}},
+     "LoRA rank r=1000000000 exceeds the smaller dimension"),
 ])
 def test_bad_configs_are_refused_in_one_line(adapter, changes, message):
     with pytest.raises(UserInputError, match=message) as caught:
@@ -227,5 +237,24 @@ def test_bad_peft_lora_configs_are_refused_in_one_line(peft_lora, drop, changes,
 
 def test_peft_config_that_is_not_an_object_is_refused(peft_lora):
     (peft_lora / CONFIG_NAME).write_text("[1, 2]")
-    with pytest.raises(UserInputError, match="is not a PEFT adapter config"):
+    with pytest.raises(UserInputError, match="is not a PEFT adapter config .* — the PEFT adapter folder is corrupt"):
         import_peft(peft_lora)
+
+
+def test_peft_folders_without_a_type_or_of_our_format_say_which_loader_to_use(peft_lora, adapter, model_dirs):
+    with pytest.raises(UserInputError, match="has no peft_type — the folder is not a PEFT adapter or is corrupt"):
+        import_peft(rewritten(peft_lora, ("peft_type",)))
+    with pytest.raises(UserInputError, match="is a lightning-adapters adapter folder, not a PEFT one — load it with "
+                                             "load_adapter"):
+        import_peft(adapter)
+    with pytest.raises(UserInputError, match="LoRA rank r=1000000000 exceeds the smaller dimension"):
+        load_peft(rewritten(peft_lora, r=1000000000, peft_type="LORA"), model_dirs["bert"], label_names=LABELS)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_adapter_weights_that_are_not_floating_point_are_refused(adapter, dtype):
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({name: tensor.to(dtype) for name, tensor in weights.items()}, adapter / "adapter_model.safetensors",
+              metadata={"format": "lightning-adapters/1"})
+    with pytest.raises(UserInputError, match=f"holds {dtype} values, not floating-point weights"):
+        load_adapter(adapter)

@@ -224,6 +224,24 @@ def test_an_unknown_model_name_says_what_a_backbone_may_be(name, message):
     one_line(info)
 
 
+def test_a_jsonl_line_nested_past_the_parser_is_one_line_naming_it(tmp_path):
+    with pytest.raises(UserInputError, match="line 2: nests too deeply to be a row") as info:
+        load(tmp_path, "t.jsonl", '{"text": "a", "label": "x"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    one_line(info)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_parsing(tmp_path):
+    from lightning_adapters.cli import check_yaml_size
+
+    rows = ['l0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    rows += [f"l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserInputError, match="aliases that expand to more than 1,000,000 values"):
+        check_yaml_size(["fit", "--config", str(tmp_path / "bomb.yaml")])
+    real = Path(__file__).resolve().parents[1] / "configs" / "finance_sentiment" / "bottleneck.yaml"
+    check_yaml_size(["fit", "--config", str(real)])  # a real config passes
+
+
 # ---- inputs longer than the model's positions ----------------------------------------------------------------------
 def test_max_length_past_the_model_positions_is_capped_and_truncation_counted(model_dirs, tmp_path, caplog):
     positions = CONFIGS["bert"].max_position_embeddings  # 128

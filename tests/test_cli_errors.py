@@ -65,7 +65,8 @@ def test_an_export_dir_that_cannot_take_the_adapter_is_refused_before_training(w
     assert (precious / "thesis.txt").read_text() == "keep me"
 
 
-def test_sigterm_ends_the_run_with_a_non_zero_status_and_one_line(workdir, model_dirs):  # noqa: F811
+@pytest.mark.parametrize(("stop", "name"), [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT (Ctrl-C)")])
+def test_a_signal_ends_the_run_with_a_non_zero_status_and_one_line(workdir, model_dirs, stop, name):  # noqa: F811
     config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1000})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     job = subprocess.Popen([sys.executable, "-m", "lightning_adapters.cli", "fit", "--config", str(config)],
@@ -74,10 +75,10 @@ def test_sigterm_ends_the_run_with_a_non_zero_status_and_one_line(workdir, model
     while not (workdir / "ckpt" / "last.ckpt").exists():  # training is under way
         assert job.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    job.send_signal(signal.SIGTERM)
+    job.send_signal(stop)
     err = job.communicate(timeout=120)[1]
-    assert job.returncode == 128 + signal.SIGTERM
-    assert err.strip().splitlines()[-1].startswith("lightning-adapters: error: stopped by SIGTERM")
+    assert job.returncode == 128 + stop
+    assert err.strip().splitlines()[-1].startswith(f"lightning-adapters: error: stopped by {name}")
     assert not (workdir / "adapter").exists()
 
 

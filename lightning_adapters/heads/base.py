@@ -27,9 +27,18 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from transformers import AutoModel, PretrainedConfig
 
+from lightning_adapters.errors import UserInputError
 from lightning_adapters.strategies.base import class_config
 
 Stage = Literal["val", "test"]  # the evaluation stage update_metrics is called in
+
+
+
+def check_dropout(dropout: float) -> float:
+    """A head's dropout probability, refused in one line unless it is in [0, 1)."""
+    if not 0.0 <= dropout < 1.0:
+        raise UserInputError(f"head dropout must be in [0, 1), got {dropout} — set e.g. dropout: 0.1")
+    return dropout
 
 
 class TaskHead(nn.Module):

@@ -17,7 +17,7 @@ from transformers import PretrainedConfig
 
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, with_meta
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, check_dropout, with_meta
 
 Pooling = Literal["auto", "first", "last", "mean"]
 
@@ -83,7 +83,7 @@ class ClassificationHead(TaskHead):
                  label_counts: list[int] | None = None) -> None:
         super().__init__()
         self.pooling = pooling
-        self.dropout = dropout
+        self.dropout = check_dropout(dropout)
         self.class_weights = class_weights
         self.label_counts = label_counts
         self.label_names: list[str] = []

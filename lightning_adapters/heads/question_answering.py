@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, check_dropout
 from lightning_adapters.squad_metric import SquadMetric, best_spans, squad_scores
 
 
@@ -38,7 +38,7 @@ class QuestionAnsweringHead(TaskHead):
             raise UserInputError(f"max_answer_length and n_best must be >= 1, got {max_answer_length} and {n_best}")
         self.max_answer_length = max_answer_length
         self.n_best = n_best
-        self.dropout = dropout
+        self.dropout = check_dropout(dropout)
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
         return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model

@@ -26,7 +26,7 @@ from torchmetrics import Metric
 from transformers import PretrainedConfig
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, with_meta
+from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, check_dropout, with_meta
 
 
 def entity_types(label_names: list[str]) -> list[str]:
@@ -116,7 +116,7 @@ class TokenClassificationHead(TaskHead):
 
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
-        self.dropout = dropout
+        self.dropout = check_dropout(dropout)
         self.label_names: list[str] = []
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:

@@ -95,6 +95,11 @@ class Bottleneck(Strategy):
             raise UserInputError(f"unknown bottleneck variant '{variant}' — use houlsby, pfeiffer or parallel")
         if activation not in _ACTIVATIONS:
             raise UserInputError(f"unknown activation '{activation}' — use one of {', '.join(_ACTIVATIONS)}")
+        if reduction_factor < 1 or (bottleneck_size is not None and bottleneck_size < 1):
+            raise UserInputError(f"bottleneck reduction_factor and bottleneck_size must be >= 1, got "
+                                 f"{reduction_factor} and {bottleneck_size} — e.g. reduction_factor: 16")
+        if not 0.0 <= dropout < 1.0:
+            raise UserInputError(f"bottleneck dropout must be in [0, 1), got {dropout}")
         self.variant = variant
         self.reduction_factor = reduction_factor
         self.bottleneck_size = bottleneck_size

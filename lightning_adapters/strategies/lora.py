@@ -180,7 +180,13 @@ class Lora(Strategy):
         targets = self.target_modules
         if targets is None:
             targets = DEFAULT_TARGETS.get(model_type(model)) or structural_targets(model)
-        for name in select_linear(model, targets, self.exclude_modules, "LoRA"):
+        names = select_linear(model, targets, self.exclude_modules, "LoRA")
+        for name in names:  # all checked before any layer is built (a rank of 1e9 would try to allocate it)
+            smallest = min(linear_features(model.get_submodule(name)))
+            if self.r > smallest:
+                raise UserInputError(f"LoRA rank r={self.r} exceeds the smaller dimension ({smallest}) of '{name}', "
+                                     f"where a higher rank adds nothing — use r <= {smallest}")
+        for name in names:
             base = model.get_submodule(name)
             layer = LoraLayer(base, self.r, self.alpha, self.dropout, self.use_rslora)
             layer.to(device=base.weight.device)
