@@ -337,9 +337,12 @@ def parser_error_line(message: str, argv: list[str]) -> str:
     command = next((arg for arg in argv if arg in ("fit", "validate", "test", "predict")), "<command>")
     if "Problems parsing config" in message:
         return config_error_line(message, argv)
-    keys, reason, classes = [], "", []
+    keys, reason, classes, values = [], "", [], []
     for raw in message.splitlines():
         line = raw.strip().removeprefix("- ").strip()
+        value = re.fullmatch(r"Given value: (?:NestedArg\(key='[^']*', val='(.*)'\)|(.*))", line)
+        if value:
+            values.append(value.group(1) if value.group(1) is not None else value.group(2))
         key = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
         if key:
             keys.append(key.group(1))
@@ -350,6 +353,8 @@ def parser_error_line(message: str, argv: list[str]) -> str:
         elif line and not _NOISE.match(line):
             reason = line
     where = f"--{'.'.join(keys)}: " if keys else ""
+    if values and values[0] not in reason:  # the innermost value comes first
+        reason += f" (given: {values[0]})"
     fix = f"see lightning-adapters {command} --help"
     if classes and keys and keys[0] in ("model", "data") and "attribute" not in reason:
         fix += f" (--{keys[0]}.help {classes[0]} lists that class's options)"

@@ -94,8 +94,10 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(workdir, model_dirs, monk
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    (["--model.init_args.learnin_rate", "0.1"], "--model: Option 'learnin_rate' is not accepted — see "
+    (["--model.init_args.learnin_rate", "0.1"], "--model: Option 'learnin_rate' is not accepted (given: 0.1) — see "
                                                 "lightning-adapters fit --help (--model.help"),
+    (["--model.init_args.strategy", "os.system"], "--model.strategy: Import path does not correspond to a subclass of "
+                                                  "Strategy (given: os.system)"),
     (["--model.init_args.learning_rate", "fast"], "--model.learning_rate: Expected a <class 'float'>. Got value: fast"),
     (["--model.init_args.strategy", "lightning_adapters.Nope"], "--model.strategy: module 'lightning_adapters' has no "
                                                                 "attribute 'Nope'"),
