@@ -28,6 +28,8 @@ class AdapterLayer(nn.Module):
     """
 
     base_layer: nn.Module | None  # annotation only: a class attribute would shadow the registered submodule
+    adapter_name: str = "default"  # which named adapter this layer belongs to (`tag_new_layers`)
+    active: bool = True  # inactive: the layer computes exactly what the model did without it (`set_active`)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -112,17 +114,40 @@ def match_target(name: str, targets: str | list[str]) -> bool:
 
 
 def find_modules(model: nn.Module, targets: str | list[str]) -> list[str]:
-    """Names of the Linear-like modules in ``model`` that match ``targets``, outside existing adapter layers."""
-    return [name for name, module in model.named_modules()
-            if is_linear(module) and match_target(name, targets) and ".base_layer" not in name]
+    """Names of the Linear places in ``model`` (`linear_places`) that match ``targets``."""
+    return [name for name, _ in linear_places(model) if match_target(name, targets)]
 
 
 def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
+def innermost(module: nn.Module) -> nn.Module:
+    """The module at the bottom of a chain of wrapping adapter layers (itself when it wraps nothing)."""
+    while isinstance(module, AdapterLayer) and getattr(module, "base_layer", None) is not None:
+        module = module.base_layer
+    return module
+
+
+def linear_places(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every place that holds a Linear or Conv1D of the base model: the layer itself, or the outermost adapter layer
+    wrapping it, named by the layer's original path. Modules inside adapter layers (their own Linears, the wrapped
+    base) are not places: a further adapter at that place wraps the outermost layer."""
+    inside: tuple[str, ...] = ()
+    for name, module in model.named_modules():  # pre-order: a wrapper comes before what it holds
+        if inside and name.startswith(inside):
+            continue
+        if isinstance(module, AdapterLayer):
+            inside += (f"{name}.",)
+            if is_linear(innermost(module)):
+                yield name, module
+        elif is_linear(module):
+            yield name, module
+
+
 def linear_features(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a Linear or of GPT-2's transposed Conv1D."""
+    """(in_features, out_features) of a Linear or of GPT-2's transposed Conv1D (or of the one adapters wrap)."""
+    module = innermost(module)
     if isinstance(module, Conv1D):
         return module.weight.shape[0], module.nf
     return module.in_features, module.out_features
@@ -139,12 +164,36 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
             yield name, module
 
 
-def adapter_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """Every adapter weight in ``model``, named by its full path, found by structure."""
+def adapter_named_parameters(model: nn.Module, adapter: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+    """Every adapter weight in ``model`` (or only named ``adapter``'s), named by its full path, found by structure."""
     for layer_name, layer in adapter_layers(model):
-        for name, param in layer.adapter_named_parameters():
-            yield f"{layer_name}.{name}" if layer_name else name, param
+        if adapter is None or layer.adapter_name == adapter:
+            for name, param in layer.adapter_named_parameters():
+                yield f"{layer_name}.{name}" if layer_name else name, param
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach() for name, param in adapter_named_parameters(model)}
+def adapter_state_dict(model: nn.Module, adapter: str | None = None) -> dict[str, torch.Tensor]:
+    """Adapter weights by path. For one named ``adapter``, paths are canonical (`canonical_name`): what the same
+    adapter has alone on the model, whatever other adapters wrap the same places."""
+    if adapter is None:
+        return {name: param.detach() for name, param in adapter_named_parameters(model)}
+    return {canonical_name(name): param.detach() for name, param in adapter_named_parameters(model, adapter)}
+
+
+def canonical_name(path: str) -> str:
+    """``path`` without the ``base_layer`` steps that adapters added later at the same place put in front of it."""
+    return path.replace(".base_layer.", ".")
+
+
+def tag_new_layers(model: nn.Module, before: set[int], adapter: str) -> list[AdapterLayer]:
+    """Name the adapter layers of ``model`` that are not in ``before`` (ids) after ``adapter``; returns them."""
+    new = [layer for _, layer in adapter_layers(model) if id(layer) not in before]
+    for layer in new:
+        layer.adapter_name = adapter
+    return new
+
+
+def set_active(model: nn.Module, adapters: set[str] | None) -> None:
+    """Switch every adapter layer on (its adapter in ``adapters``; ``None``: all) or off."""
+    for _, layer in adapter_layers(model):
+        layer.active = adapters is None or layer.adapter_name in adapters

@@ -60,6 +60,9 @@ class BottleneckLayer(AdapterLayer):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.base_layer(z)
+        if not self.active:
+            self._sublayer_input = None
+            return h
         if self.parallel:
             x, self._sublayer_input = self._sublayer_input, None
             if x is None:

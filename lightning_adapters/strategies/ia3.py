@@ -24,7 +24,14 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.strategies.base import AdapterLayer, Strategy, linear_features, match_target, replace_module
+from lightning_adapters.strategies.base import (
+    AdapterLayer,
+    Strategy,
+    innermost,
+    linear_features,
+    match_target,
+    replace_module,
+)
 from lightning_adapters.strategies.lora import model_type, select_linear
 from lightning_adapters.strategies.targets import find_key_value_projections
 
@@ -70,8 +77,8 @@ class IA3Layer(AdapterLayer):
         return torch.cat([ones(start), self.ia3_l, ones(self.width - end)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer(x)  # the scaling already lives in the base weight
+        if self.merged or not self.active:
+            return self.base_layer(x)  # merged: the scaling already lives in the base weight
         scale = self.full_scale()
         # Scale in the adapter's fp32 and cast back, so a half-precision base keeps fp32 vectors.
         if self.feedforward:
@@ -100,7 +107,7 @@ class IA3Layer(AdapterLayer):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         scale = scale.to(weight.device)
         # Linear weight is (out, in); Conv1D's is (in, out). Output features are rows of Linear, columns of Conv1D.
-        along_rows = self.feedforward == isinstance(self.base_layer, Conv1D)
+        along_rows = self.feedforward == isinstance(innermost(self.base_layer), Conv1D)
         shaped = scale[:, None] if along_rows else scale[None, :]
         weight.copy_((weight.float() / shaped if divide else weight.float() * shaped).to(weight.dtype))
         if bias is not None and not self.feedforward:

@@ -30,8 +30,9 @@ from lightning_adapters.strategies.base import (
     Strategy,
     adapter_layers,
     find_modules,
-    is_linear,
+    innermost,
     linear_features,
+    linear_places,
     match_target,
     replace_module,
 )
@@ -67,8 +68,8 @@ class LoraLayer(AdapterLayer):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer(x)  # the update already lives in the base weight
+        if self.merged or not self.active:
+            return self.base_layer(x)  # merged: the update already lives in the base weight
         if self._fusable(x):
             base = self.base_layer
             return _LoraLinear.apply(x, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
@@ -97,7 +98,7 @@ class LoraLayer(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         """``s * B A`` in fp32, laid out like the base weight (transposed for Conv1D)."""
         delta = self.scaling * (self.lora_B.weight.float() @ self.lora_A.weight.float())
-        return delta.T if isinstance(self.base_layer, Conv1D) else delta
+        return delta.T if isinstance(innermost(self.base_layer), Conv1D) else delta
 
     def merge(self) -> None:
         """Add the update to the base weight in place (in its dtype, computed in fp32); forward then skips it."""
@@ -217,9 +218,7 @@ def select_linear(model: nn.Module, targets: str | list[str], exclude: str | lis
     """Names of the Linear/Conv1D modules to wrap: ``targets`` (PEFT semantics or ``all-linear``) minus ``exclude``."""
     if targets == ALL_LINEAR:
         # Only inside the numbered transformer blocks: never a pooler, a classifier or an LM head.
-        inside = tuple(f"{name}." for name, _ in adapter_layers(model))
-        names = [name for name, module in model.named_modules() if is_linear(module) and not name.startswith(inside)
-                 and any(part.isdigit() for part in name.split("."))]
+        names = [name for name, _ in linear_places(model) if any(part.isdigit() for part in name.split("."))]
     else:
         names = find_modules(model, targets)
     if exclude:
@@ -232,7 +231,7 @@ def select_linear(model: nn.Module, targets: str | list[str], exclude: str | lis
 
 
 def _linear_examples(model: nn.Module, count: int = 6) -> str:
-    names = [name for name, module in model.named_modules() if is_linear(module)]
+    names = [name for name, _ in linear_places(model)]
     return ", ".join(repr(n) for n in names[:count]) or "(none: the model has no Linear layer)"
 
 

@@ -168,6 +168,7 @@ def trace_key_values(model: nn.Module, slots: list[Slot]) -> list[tuple[torch.Te
 def run_without_prefix(model: nn.Module, slots: list[Slot], inputs: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Run ``model`` on ``inputs`` with its prefixes switched off; each slot's layer must report its keys/values."""
     encoder = slots[0].encoder
+    was_active = encoder is not None and encoder.active
     try:
         if encoder is not None:
             encoder.active = False
@@ -182,5 +183,5 @@ def run_without_prefix(model: nn.Module, slots: list[Slot], inputs: dict) -> lis
         for slot in slots:
             slot.seen = None
         if encoder is not None:
-            encoder.active = True
+            encoder.active = was_active
 

@@ -75,6 +75,9 @@ class PromptEmbedding(AdapterLayer):
 
     def prepend(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """Forward pre-hook (``with_kwargs=True``): the model's inputs with the prompt in front."""
+        if not self.active:
+            self._full_length = None  # nothing prepended: `trim` leaves the outputs alone
+            return None
         inputs = {**dict(zip(self.arg_names, args, strict=False)), **kwargs}
         past = _cache_length(inputs)
         if past > 0:
@@ -134,6 +137,9 @@ class PromptEmbedding(AdapterLayer):
     def prepend_to_encoder(self, encoder: nn.Module, args: tuple, kwargs: dict[str, Any]
                            ) -> tuple[tuple, dict[str, Any]]:
         """Encoder pre-hook (encoder-decoders): the prompt in front of the encoder input, however it is called."""
+        if not self.active:
+            self._full_length = None  # nothing prepended: `trim` leaves the outputs alone
+            return None
         inputs = {**dict(zip(self.encoder_arg_names, args, strict=False)), **kwargs}
         return (), self._with_prompt(encoder, inputs)
 
@@ -141,6 +147,9 @@ class PromptEmbedding(AdapterLayer):
                             ) -> tuple[tuple, dict[str, Any]]:
         """Model pre-hook (encoder-decoders): the encoder mask covers the prompt too (the decoder cross-attends to
         it); with ``encoder_outputs`` (``generate()``) the encoder has already prepended the prompt."""
+        if not self.active:
+            self._full_length = None  # nothing prepended: `trim` leaves the outputs alone
+            return None
         inputs = {**dict(zip(self.arg_names, args, strict=False)), **kwargs}
         mask, n = inputs.get("attention_mask"), self.num_virtual_tokens
         source = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs.get("inputs_embeds")

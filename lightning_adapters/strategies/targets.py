@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_adapters.strategies.base import is_linear, linear_features, match_target
+from lightning_adapters.strategies.base import adapter_layers, linear_features, linear_places, match_target
 
 _BERT_LIKE = {"attention": r".*\.attention\.output\.dense", "ffn": r".*\.layer\.\d+\.output\.dense"}
 _LLAMA_LIKE = {"attention": r".*\.self_attn\.o_proj", "ffn": r".*\.mlp\.down_proj"}
@@ -35,8 +35,8 @@ def find_output_projections(model: nn.Module) -> dict[str, list[str]]:
     """``{"attention": [...], "ffn": [...]}`` module names, from the table or, failing that, by tracing."""
     table = OUTPUT_PROJECTIONS.get(getattr(model.config, "model_type", ""))
     if table is not None:
-        return {kind: [name for name, module in model.named_modules() if is_linear(module)
-                       and match_target(name, pattern)] for kind, pattern in table.items()}
+        return {kind: [name for name, _ in linear_places(model) if match_target(name, pattern)]
+                for kind, pattern in table.items()}
     return _trace_output_projections(model)
 
 
@@ -48,19 +48,24 @@ def _trace_linear_inputs(model: nn.Module) -> list[tuple[str, int, bool]]:
     calls: list[tuple[str, int, bool]] = []
     alive = []  # keep traced inputs alive so that id() values are never reused during the trace
     hooks = []
-    for name, module in model.named_modules():
-        if is_linear(module):
-            def record(mod, args, name=name):
-                if args:
-                    alive.append(args[0])
-                    calls.append((name, id(args[0]), args[0].dim() == 3 and args[0].shape[0] == batch))
-            hooks.append(module.register_forward_pre_hook(record))
+    for name, module in linear_places(model):  # a place an adapter already wraps: its outermost layer
+        def record(mod, args, name=name):
+            if args:
+                alive.append(args[0])
+                calls.append((name, id(args[0]), args[0].dim() == 3 and args[0].shape[0] == batch))
+        hooks.append(module.register_forward_pre_hook(record))
+    layers = [layer for _, layer in adapter_layers(model)]
+    active = [layer.active for layer in layers]
     try:
+        for layer in layers:  # trace the base model's own data flow (an IA3 input scale makes a new tensor)
+            layer.active = False
         with torch.no_grad():
             model(**dummy)
     finally:
         for hook in hooks:
             hook.remove()
+        for layer, was in zip(layers, active, strict=True):
+            layer.active = was
     return calls
 
 
@@ -150,9 +155,8 @@ def find_sublayer_input(model: nn.Module, output_projection: str) -> str:
     parts = output_projection.split(".")
     for depth in range(len(parts) - 1, 0, -1):
         scope = ".".join(parts[:depth])
-        candidates = [f"{scope}.{name}" for name, module in model.get_submodule(scope).named_modules()
-                      if is_linear(module) and linear_features(module)[0] == hidden
-                      and f"{scope}.{name}" != output_projection]
+        candidates = [f"{scope}.{name}" for name, module in linear_places(model.get_submodule(scope))
+                      if linear_features(module)[0] == hidden and f"{scope}.{name}" != output_projection]
         if candidates:
             feeding = [c for c in candidates if linear_features(model.get_submodule(c))[1] == width_in]
             return (feeding or candidates)[0]
