@@ -25,8 +25,10 @@ from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
 from lightning_adapters.model_card import CARD_NAME, model_card
 from lightning_adapters.module import AdapterModule
+from lightning_adapters.named_adapters import DEFAULT
 from lightning_adapters.registry import build_from_config, fits, kind_name
-from lightning_adapters.strategies import Strategy
+from lightning_adapters.strategies import Strategy, adapter_named_parameters
+from lightning_adapters.strategies.base import canonical_name
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -37,22 +39,25 @@ _KINDS = {"backbone": str, "strategy": dict, "head": dict, "base_model": dict, "
           "dtype": str | None}
 
 
-def save_adapter(module: AdapterModule, folder: str | os.PathLike, card: dict | None = None) -> Path:
-    """Write ``module``'s adapter folder: weights, config and model card, replacing an existing one as a whole.
+def save_adapter(module: AdapterModule, folder: str | os.PathLike, card: dict | None = None,
+                 name: str = DEFAULT) -> Path:
+    """Write one adapter's folder: weights, config and model card, replacing an existing one as a whole.
 
     Args:
         module: the trained module.
         folder: the folder, created if needed; an existing one may hold only an adapter folder's files.
         card: optional model-card fields: ``data``, ``license``, ``command`` (strings), ``metrics`` (name -> value).
+        name: which of the module's adapters (`AdapterModule.adapter_names`); the folder is the same as that adapter
+            alone on the base would write.
     """
-    strategy_config, state = module.export_weights()  # every trainable weight (AdapterModule.trainable_names)
+    strategy_config, state = module.export_weights(name)
     config = {
         "format": FORMAT,
         "backbone": module.backbone_name,  # as given: an alias stays an alias, not this machine's install path
         "dtype": module.dtype_name,
         "strategy": strategy_config,
-        "head": module.head.hparams(),
-        "label_names": module.label_names,
+        "head": module.head_of(name).hparams(),
+        "label_names": module.labels_of(name),
         "base_model": module.base_fingerprint,
     }
     weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
@@ -142,3 +147,40 @@ def apply_adapter(module: AdapterModule, folder: str | os.PathLike) -> None:
     module.train_saved_weights(weights)  # base weights a folder holds were trained: train them again
     module.check_trainable_state(weights, f"adapter '{folder}'")
     module.load_state_dict(weights, strict=False)
+
+
+def add_saved_adapter(module: AdapterModule, folder: str | os.PathLike, name: str,
+                      allowed_classes: Iterable[type] = ()) -> None:
+    """`AdapterModule.load_adapter`: add a saved adapter to ``module`` under ``name``; on any mismatch nothing is
+    added."""
+    config = read_adapter_config(folder)
+    weights = read_adapter_weights(folder)
+    check_fingerprint(config["base_model"], module.base_fingerprint, f"adapter '{folder}'")
+    allowed = list(allowed_classes)
+    strategy = build_from_config(config["strategy"], Strategy, "strategy", allowed)
+    head = build_from_config(config["head"], TaskHead, "head", allowed)
+    module.add_adapter(name, strategy, head, config.get("label_names"))
+    try:
+        _load_named(module, name, weights, f"adapter '{folder}'")
+    except BaseException:
+        module.delete_adapter(name)
+        raise
+
+
+def _load_named(module: AdapterModule, name: str, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Copy a folder's weights (single-adapter names) into adapter ``name``'s layers and head, all checked first."""
+    targets = {f"backbone.{canonical_name(path)}": param for path, param in adapter_named_parameters(module.backbone,
+                                                                                                      name)}
+    targets.update({f"head.{path}": param for path, param in module.head_of(name).named_parameters()})
+    missing, unexpected = sorted(set(targets) - set(weights)), sorted(set(weights) - set(targets))
+    if missing or unexpected:
+        raise UserInputError(f"{where} does not match its own config: {len(missing)} missing weights (e.g. "
+                             f"{missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}) — save it again")
+    for key, param in targets.items():
+        value = weights[key]
+        if tuple(value.shape) != tuple(param.shape) or not value.is_floating_point():
+            raise UserInputError(f"{where}: weight '{key}' is {value.dtype} {tuple(value.shape)}, the adapter needs "
+                                 f"floating-point {tuple(param.shape)} — the folder is damaged; save it again")
+    with torch.no_grad():
+        for key, param in targets.items():
+            param.copy_(weights[key])

@@ -26,7 +26,8 @@ from transformers import get_linear_schedule_with_warmup
 from lightning_adapters import backbone as hf
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
-from lightning_adapters.strategies import Bottleneck, Strategy, adapter_named_parameters, export_weights
+from lightning_adapters.named_adapters import DEFAULT, NamedAdapters
+from lightning_adapters.strategies import Bottleneck, Strategy, export_weights
 
 CHECKPOINT_KEY = "lightning_adapters"
 
@@ -69,7 +70,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
 
 
-class AdapterModule(L.LightningModule):
+class AdapterModule(NamedAdapters, L.LightningModule):
     """Parameter-efficient fine-tuning of a frozen Hugging Face model.
 
     Args:
@@ -123,6 +124,7 @@ class AdapterModule(L.LightningModule):
         tokenizer = hf.load_tokenizer(backbone, revision, trust_remote_code) if self.head.uses_tokenizer else None
         self.head.build(self.backbone.config, self.label_names, tokenizer)
         self._keep_trainable_fp32()  # e.g. full fine-tuning of a bfloat16 base
+        self._init_named_adapters()  # this strategy and head are the adapter named "default"
         self.base_fingerprint = hf.fingerprint(self.backbone)
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks the keys
         self.val_metrics = self.head.metrics().clone(prefix="val_")
@@ -164,6 +166,8 @@ class AdapterModule(L.LightningModule):
             fully_shard(block, mesh=mesh)
         fully_shard(self.backbone, mesh=mesh)
         fully_shard(self.head, mesh=mesh)
+        for head in self.extra_heads.values():
+            fully_shard(head, mesh=mesh)
         self._sharded = True
 
     @contextmanager
@@ -198,21 +202,25 @@ class AdapterModule(L.LightningModule):
         return sum(p.numel() for _, p in self.trainable_parameters()), sum(p.numel() for p in self.parameters())
 
     def check_trainable(self) -> None:
-        """Refuse frozen adapter or head weights: a checkpoint would leave them out, and no base model has them."""
-        frozen = [f"backbone.{name}" for name, p in adapter_named_parameters(self.backbone) if not p.requires_grad]
-        frozen += [f"head.{name}" for name, p in self.head.named_parameters() if not p.requires_grad]
+        """Refuse frozen adapter or head weights (but those of adapters frozen by `train_adapter`): a checkpoint
+        would leave them out, and no base model has them."""
+        frozen = self.frozen_weights_that_should_train()
         if frozen:
             raise UserInputError(f"{len(frozen)} adapter or head weights are frozen (e.g. '{frozen[0]}'), so no "
                                  "checkpoint could restore them — keep every adapter and head weight trainable")
 
-    def export_weights(self) -> tuple[dict, dict[str, torch.Tensor]]:
+    def export_weights(self, adapter: str = DEFAULT) -> tuple[dict, dict[str, torch.Tensor]]:
         """(strategy config, weights) an adapter export holds: `strategies.export_weights` of the backbone (adapter
-        layers in inference form + every other trainable base weight) and the head."""
+        layers in inference form, named as the adapter has them alone on the base; for the default adapter, every
+        other trainable base weight too) and the adapter's head, under ``head.``."""
         self.check_trainable()
-        config, backbone = export_weights(self.strategy, self.backbone)
+        if adapter == DEFAULT and not self.extra_adapters:
+            config, backbone = export_weights(self.strategy, self.backbone)
+        else:
+            config, backbone = self.strategy_of(adapter).export_state(self.backbone, adapter)
         state = {f"backbone.{name}": tensor for name, tensor in backbone.items()}
         # parameters, not state_dict(): under FSDP2 state_dict() hands out shards even inside module.full_weights()
-        state.update({f"head.{name}": param for name, param in self.head.named_parameters()})
+        state.update({f"head.{name}": param for name, param in self.head_of(adapter).named_parameters()})
         return config, state
 
     def train_saved_weights(self, names: Iterable[str]) -> None:
@@ -267,15 +275,24 @@ class AdapterModule(L.LightningModule):
         if states is not None:
             set_rng_state(states[self.global_rank] if self.global_rank < len(states) else states[0])
 
-    def save_adapter(self, folder: str) -> None:
-        """Export the adapter folder (safetensors weights + JSON config); see `lightning_adapters.load_adapter`."""
+    def save_adapter(self, folder: str, name: str = DEFAULT) -> None:
+        """Export adapter ``name``'s folder (safetensors weights + JSON config); `lightning_adapters.load_adapter`
+        reads it."""
         from lightning_adapters.checkpoint import save_adapter  # checkpoint.py builds modules: import it lazily
 
-        save_adapter(self, folder)
+        save_adapter(self, folder, name=name)
+
+    def load_adapter(self, folder: str, name: str, allowed_classes: Iterable[type] = ()) -> None:
+        """Add the adapter saved in ``folder`` as adapter ``name`` (frozen and switched off, as `add_adapter`), after
+        the same checks as `lightning_adapters.load_adapter`: the base model's fingerprint, the weights' names,
+        shapes and dtypes."""
+        from lightning_adapters.checkpoint import add_saved_adapter
+
+        add_saved_adapter(self, folder, name, allowed_classes)
 
     # ---- training --------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.head(self.backbone, batch)
+        return self.task_head(self.backbone, batch)
 
     def on_fit_start(self) -> None:
         self.check_trainable()
@@ -284,7 +301,7 @@ class AdapterModule(L.LightningModule):
                        f"trainable%: {100 * trainable / total:.4f}")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.head.loss(self(batch), batch)
+        loss = self.task_head.loss(self(batch), batch)
         # sync_dist: under DDP the logged loss is the global batch's, not rank 0's share (one scalar all-reduce)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
         return loss
@@ -292,8 +309,9 @@ class AdapterModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any], metrics, stage: str) -> None:
         outputs = self(batch)
         size = len(batch["input_ids"])
-        self.log(f"{stage}_loss", self.head.loss(outputs, batch), prog_bar=True, batch_size=size, sync_dist=True)
-        self.head.update_metrics(metrics, outputs, batch, self.backbone, stage)
+        self.log(f"{stage}_loss", self.task_head.loss(outputs, batch), prog_bar=True, batch_size=size,
+                 sync_dist=True)
+        self.task_head.update_metrics(metrics, outputs, batch, self.backbone, stage)
 
     def _log_metrics(self, metrics) -> None:
         """Once per epoch: corpus-level metrics (entity F1, ROUGE, SQuAD) need every batch; compute syncs ranks."""
@@ -314,7 +332,7 @@ class AdapterModule(L.LightningModule):
         self._log_metrics(self.test_metrics)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        return self.head.predict(self.backbone, batch)
+        return self.task_head.predict(self.backbone, batch)
 
     def configure_optimizers(self):
         params = [param for _, param in self.trainable_parameters()]

@@ -69,8 +69,11 @@ def test_an_export_dir_that_cannot_take_the_adapter_is_refused_before_training(w
 def test_a_signal_ends_the_run_with_a_non_zero_status_and_one_line(workdir, model_dirs, stop, name):  # noqa: F811
     config = write_config(workdir, model_dirs["bert"], **{"trainer.max_epochs": 1000})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    # A shell that starts a job in the background (CI, nohup ... &) makes it ignore SIGINT, and a Python started
+    # that way keeps ignoring it: give the run the default disposition a terminal's Ctrl-C meets.
     job = subprocess.Popen([sys.executable, "-m", "lightning_adapters.cli", "fit", "--config", str(config)],
-                           cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (workdir / "ckpt" / "last.ckpt").exists():  # training is under way
         assert job.poll() is None and time.monotonic() < deadline

@@ -66,11 +66,11 @@ class Strategy(ABC):
         """``{"class_path", "init_args"}`` — enough to rebuild this strategy (`registry.build_from_config`)."""
         return class_config(self)
 
-    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(config, adapter-layer weights) an export writes; strategies with a training-only form (e.g. prefix
-        tuning's reparameterisation MLP) return the folded inference form here. Trained weights outside adapter
-        layers are added by `export_weights`, whatever the strategy."""
-        return self.hparams(), adapter_state_dict(model)
+    def export_state(self, model: nn.Module, adapter: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(config, adapter-layer weights) an export writes — of named ``adapter`` only, canonically named, when
+        given; strategies with a training-only form (e.g. prefix tuning's reparameterisation MLP) return the folded
+        inference form here. Trained weights outside adapter layers are added by `export_weights`."""
+        return self.hparams(), adapter_state_dict(model, adapter)
 
 
 def declared_peft_type(strategy: Strategy) -> str | None:
@@ -78,11 +78,12 @@ def declared_peft_type(strategy: Strategy) -> str | None:
     return vars(type(strategy)).get("peft_type")
 
 
-def export_weights(strategy: Strategy, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+def export_weights(strategy: Strategy, model: nn.Module,
+                   adapter: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, weights) an adapter export of ``model`` holds: the strategy's adapter-layer weights in their inference
     form, plus every other trainable weight as it is (a LayerNorm the user unfroze, full fine-tuning's whole base),
     so that every weight the optimizer updates is exported."""
-    config, state = strategy.export_state(model)
+    config, state = strategy.export_state(model, adapter)
     return config, {**state, **{name: param.detach() for name, param in trained_base_parameters(model)}}
 
 

@@ -26,9 +26,9 @@ class FullFineTuning(Strategy):
         # fp32 master weights follow from AdapterModule's precision policy: it keeps every trainable weight in fp32.
         model.requires_grad_(True)
 
-    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    def export_state(self, model: nn.Module, adapter: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """No adapter layers: `export_weights` adds every (trainable) base weight; say how large that is."""
         size = sum(param.numel() for param in model.parameters()) * 4  # exports are written in fp32
         warnings.warn(f"full fine-tuning exports every base weight ({size / 2**20:.1f} MiB in fp32): the folder is a "
                       "whole model, not a small adapter", stacklevel=3)
-        return super().export_state(model)
+        return super().export_state(model, adapter)

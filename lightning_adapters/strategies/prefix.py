@@ -208,7 +208,7 @@ class PrefixTuning(Strategy):
             encoder.fold()
         self.reparameterize = False
 
-    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    def export_state(self, model: nn.Module, adapter: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """The folded (hparams, adapter weights) of ``model`` without changing it: what an export writes."""
         hparams = self.hparams()
         hparams["init_args"] |= {"reparameterize": False, "init_text": None, "tokenizer": None}  # weights replace init

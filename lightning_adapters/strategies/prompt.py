@@ -288,9 +288,9 @@ class PromptTuning(Strategy):
         model.prompt_tuning = layer.to(embedding.weight.device)
         layer.hooks(model)
 
-    def export_state(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    def export_state(self, model: nn.Module, adapter: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """The stored prompt replaces any initialisation: a loaded adapter needs no ``init_text`` tokenizer."""
-        hparams, state = super().export_state(model)
+        hparams, state = super().export_state(model, adapter)
         hparams["init_args"] |= {"init_text": None, "tokenizer": None}
         return hparams, state
 
