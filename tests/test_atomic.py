@@ -64,36 +64,23 @@ def test_cli_writes_checkpoints_atomically_unless_a_plugin_is_configured(workdir
     assert type(cli.trainer.strategy.checkpoint_io) is TorchCheckpointIO
 
 
-def test_a_file_size_limit_mid_write_is_one_line_and_the_old_file_stays(tmp_path):
-    """`ulimit -f` during checkpointing: the write fails with EFBIG: one line, the old file stays."""
+@pytest.mark.parametrize(("limit", "write", "message"), [
+    (1000, "Path(p).write_bytes(bytes(5000))", "File too large"),  # EFBIG from a plain write
+    (1 << 20, "torch.save({'w': torch.zeros(1 << 20)}, p)", "file-size limit reached"),  # torch: "unexpected pos"
+], ids=["write", "torch.save"])
+def test_a_file_size_limit_mid_write_is_one_line_and_the_old_file_stays(tmp_path, limit, write, message):
+    """`ulimit -f` during checkpointing: one line, the old file stays, no temporary file is left."""
     target = tmp_path / "last.ckpt"
     target.write_bytes(b"old checkpoint")
-    script = (f"import resource, sys\nfrom pathlib import Path\n"
-              f"resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+    script = (f"import resource, sys, torch\nfrom pathlib import Path\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
               f"from lightning_adapters.atomic import atomic_write\n"
               f"from lightning_adapters.errors import UserInputError\n"
-              f"try:\n    atomic_write({str(target)!r}, lambda p: Path(p).write_bytes(bytes(5000)))\n"
+              f"try:\n    atomic_write({str(target)!r}, lambda p: {write})\n"
               f"except UserInputError as err:\n    print(err)\n    sys.exit(2)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert "File too large" in done.stdout and "ulimit -f" in done.stdout
-    assert target.read_bytes() == b"old checkpoint"
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
-
-
-def test_a_file_size_limit_inside_torch_save_is_one_line_and_the_old_file_stays(tmp_path):
-    """torch's C++ writer reports the short write as a RuntimeError ("unexpected pos"), not as an OSError."""
-    target = tmp_path / "last.ckpt"
-    target.write_bytes(b"old checkpoint")
-    script = (f"import resource, sys, torch\n"
-              f"resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
-              f"from lightning_adapters.atomic import atomic_write\n"
-              f"from lightning_adapters.errors import UserInputError\n"
-              f"try:\n    atomic_write({str(target)!r}, lambda p: torch.save({{'w': torch.zeros(1 << 20)}}, p))\n"
-              f"except UserInputError as err:\n    print(err)\n    sys.exit(2)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stderr
-    assert "file-size limit reached" in done.stdout and "ulimit -f" in done.stdout
+    assert message in done.stdout and "ulimit -f" in done.stdout
     assert target.read_bytes() == b"old checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 

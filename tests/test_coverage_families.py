@@ -48,31 +48,25 @@ def ia3_layout(model: nn.Module) -> dict[str, tuple[bool, tuple[int, int]]]:
     return {name: (m.feedforward, m.span) for name, m in model.named_modules() if isinstance(m, IA3Layer)}
 
 
-# ---- IA3: structural fallback -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5", "mistral"])
-def test_ia3_structural_fallback_agrees_with_the_table(family, monkeypatch):
-    table = frozen(family)
-    IA3().apply(table)
-    monkeypatch.delitem(ia3_module.DEFAULT_TARGETS, table.config.model_type)  # as if the family were unknown
-    traced = frozen(family)
-    IA3().apply(traced)
-    assert ia3_layout(traced) == ia3_layout(table) and ia3_layout(table)
-
-
-# ---- LoRA: structural fallback ------------------------------------------------------------------------------------
 def lora_places(model: nn.Module) -> list[str]:
     return sorted(name for name, m in model.named_modules() if isinstance(m, LoraLayer))
 
 
+# ---- IA3 and LoRA: structural fallbacks ---------------------------------------------------------------------------
+FALLBACKS = {"ia3": (IA3, ia3_module, ia3_layout), "lora": (Lora, lora_module, lora_places)}
+
+
+@pytest.mark.parametrize("method", FALLBACKS)
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "t5", "mistral"])
-def test_lora_structural_fallback_agrees_with_the_table(family, monkeypatch):
-    """The traced query/value projections are the table's, cross-attention included (T5)."""
+def test_structural_fallback_agrees_with_the_table(family, method, monkeypatch):
+    """Where the table knows a family, tracing finds the same places (LoRA: cross-attention queries too, T5)."""
+    strategy, module, layout = FALLBACKS[method]
     table = frozen(family)
-    Lora().apply(table)
-    monkeypatch.delitem(lora_module.DEFAULT_TARGETS, table.config.model_type)  # as if the family were unknown
+    strategy().apply(table)
+    monkeypatch.delitem(module.DEFAULT_TARGETS, table.config.model_type)  # as if the family were unknown
     traced = frozen(family)
-    Lora().apply(traced)
-    assert lora_places(traced) == lora_places(table) and lora_places(table)
+    strategy().apply(traced)
+    assert layout(traced) == layout(table) and layout(table)
 
 
 def test_lora_covers_a_family_outside_the_table_and_starts_as_the_identity():
