@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from lightning_adapters.errors import UserInputError
+from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.weight_probe import close_values, same_probe, weight_probe
 
 _ALIASES: dict[str, tuple[str, str, str | None]] = {
@@ -146,20 +146,16 @@ def load_model(name: str, auto_class: type, dtype: str | None = None, revision: 
     try:
         model = auto_class.from_pretrained(source.path, **kwargs)
     except OSError as err:  # transformers reports a missing local or hub model as OSError
-        raise UserInputError(f"cannot load model '{name}': {_first_line(err)} — {_where_models_come_from(name)}") \
+        raise UserInputError(f"cannot load model '{name}': {first_line(err, 300)} — {_where_models_come_from(name)}") \
             from err
     except (ValueError, RuntimeError, SafetensorError) as err:  # cut-off weights, a broken GGUF, a bad config
         if isinstance(err, ValueError):
             refuse_remote_code(err, name)
-        raise UserInputError(f"cannot load model '{name}': {_first_line(err)} — the model files are incomplete or "
+        raise UserInputError(f"cannot load model '{name}': {first_line(err, 300)} — the model files are incomplete or "
                              "corrupt (download them again), or of an architecture this transformers does not know") \
             from err
     model.requires_grad_(False)
     return model
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def _where_models_come_from(name: str) -> str:
@@ -181,12 +177,12 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         tokenizer = AutoTokenizer.from_pretrained(source.path, revision=revision, trust_remote_code=trust_remote_code,
                                                   **source.kwargs())
     except OSError as err:
-        raise UserInputError(f"cannot load the tokenizer of '{name}': {_first_line(err)} — "
+        raise UserInputError(f"cannot load the tokenizer of '{name}': {first_line(err, 300)} — "
                              f"{_where_models_come_from(name)}") from err
     except (ValueError, RuntimeError) as err:
         if isinstance(err, ValueError):
             refuse_remote_code(err, name)
-        raise UserInputError(f"cannot load the tokenizer of '{name}': {_first_line(err)} — the tokenizer files are "
+        raise UserInputError(f"cannot load the tokenizer of '{name}': {first_line(err, 300)} — the tokenizer files are "
                              "incomplete or corrupt; download them again") from err
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

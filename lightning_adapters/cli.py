@@ -33,9 +33,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
-from lightning_adapters.backbone import check_fingerprint
 from lightning_adapters.checkpoint import ADAPTER_FILES, save_adapter
-from lightning_adapters.errors import UserInputError
+from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.module import CHECKPOINT_KEY, AdapterModule
 from lightning_adapters.progress import LineProgress
 
@@ -101,7 +100,7 @@ class AdaptersCLI(LightningCLI):
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as err:  # Lightning's refusals of Trainer settings
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            first = first_line(err)
             raise UserInputError(f"invalid Trainer setting: {first} — fix the --trainer option it names") from err
         # No CheckpointIO configured (the public property would create the default one): install ours. A user's own
         # plugin — also an explicit TorchCheckpointIO — is kept.
@@ -138,10 +137,7 @@ class AdaptersCLI(LightningCLI):
         path = self.config_init[self.subcommand].get("ckpt_path")
         if path is None or not Path(path).is_file():
             return
-        checkpoint = read_checkpoint(path)
-        check_fingerprint(checkpoint[CHECKPOINT_KEY]["base_model"], self.model.base_fingerprint, "checkpoint")
-        if "state_dict" in checkpoint:
-            self.model.check_trainable_state(checkpoint["state_dict"], "checkpoint")
+        self.model.check_checkpoint(read_checkpoint(path))
 
     def before_validate(self) -> None:
         self._check_run_folder()
@@ -236,7 +232,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise UserInputError(f"checkpoint '{path}' cannot be read safely ({first}) — pass a checkpoint written by a "
                              "lightning-adapters run") from err
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint \
@@ -305,14 +301,14 @@ def _expanded_size(node, sizes: dict[int, int]) -> int:
 
 def run_cli(args: list[str] | None = None) -> AdaptersCLI:
     """Run the CLI and return it; bad input ends with one line on stderr and exit status 2, not a traceback."""
+    argv = sys.argv[1:] if args is None else args
     try:
-        check_yaml_size(sys.argv[1:] if args is None else args)
+        check_yaml_size(argv)
         return AdaptersCLI(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                            args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
                            parser_kwargs=parser_kwargs())
     except ArgumentError as err:  # jsonargparse's report: a usage line, then a nested multi-line explanation
-        print(f"lightning-adapters: error: {parser_error_line(str(err), sys.argv[1:] if args is None else args)}",
-              file=sys.stderr)
+        print(f"lightning-adapters: error: {parser_error_line(str(err), argv)}", file=sys.stderr)
         sys.exit(2)
     except (SIGTERMException, KeyboardInterrupt) as stop:  # Lightning ends a SIGTERM'd run with SystemExit(0):
         name = "SIGTERM" if isinstance(stop, SIGTERMException) else "SIGINT (Ctrl-C)"  # `fit && deploy` went on

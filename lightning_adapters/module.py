@@ -262,15 +262,19 @@ class AdapterModule(NamedAdapters, L.LightningModule):
             "rng": all_rng_states(),  # one per rank
         }
 
+    def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Raise unless ``checkpoint`` was trained on this base with this module's trainable weights."""
+        # the fingerprint taken at init: the base is frozen, and under FSDP its weights are now shards
+        hf.check_fingerprint(checkpoint[CHECKPOINT_KEY]["base_model"], self.base_fingerprint, "checkpoint")
+        if "state_dict" in checkpoint:  # FSDP (ModelParallelStrategy) loads the weights itself and pops them first
+            self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
             raise UserInputError("checkpoint was not written by lightning-adapters (no adapter metadata) — pass a "
                                  "checkpoint from a lightning-adapters run")
-        # the fingerprint taken at init: the base is frozen, and under FSDP its weights are now shards
-        hf.check_fingerprint(meta["base_model"], self.base_fingerprint, "checkpoint")
-        if "state_dict" in checkpoint:  # FSDP (ModelParallelStrategy) loads the weights itself and pops them first
-            self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
+        self.check_checkpoint(checkpoint)
         states = meta.get("rng")
         if states is not None:
             set_rng_state(states[self.global_rank] if self.global_rank < len(states) else states[0])

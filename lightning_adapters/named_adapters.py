@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lightning_adapters import backbone as hf
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.strategies import FullFineTuning, Strategy
 from lightning_adapters.strategies.base import (
-    AdapterLayer,
     adapter_layers,
     adapter_named_parameters,
     replace_module,
@@ -101,8 +101,6 @@ class NamedAdapters:
         if isinstance(strategy, FullFineTuning):
             raise UserInputError("named adapters need a strategy with its own weights, not FullFineTuning — use "
                                  "LoRA, IA3, a bottleneck, prompt or prefix tuning")
-        from lightning_adapters import backbone as hf
-
         head = head if head is not None else ClassificationHead()
         tokenizer = hf.load_tokenizer(self.backbone_name) if head.uses_tokenizer else None
         head.build(self.backbone.config, list(label_names) if label_names else None, tokenizer)  # may refuse: first
@@ -169,21 +167,12 @@ class NamedAdapters:
 
     def frozen_weights_that_should_train(self) -> list[str]:
         """Adapter or head weights that are frozen although their adapter is not frozen on purpose."""
-        frozen = [f"backbone.{name}" for name, param in adapter_named_parameters(self.backbone)
-                  if not param.requires_grad and _owner(self.backbone, name) not in self.frozen_adapters]
+        frozen = [f"backbone.{path}.{name}" for path, layer in adapter_layers(self.backbone)
+                  if layer.adapter_name not in self.frozen_adapters
+                  for name, param in layer.adapter_named_parameters() if not param.requires_grad]
         for adapter in self.adapter_names:
             if adapter not in self.frozen_adapters:
                 prefix = "head." if adapter == DEFAULT else f"extra_heads.{adapter}."
                 frozen += [prefix + name for name, p in self.head_of(adapter).named_parameters() if not p.requires_grad]
         return frozen
 
-
-def _owner(model: nn.Module, parameter: str) -> str:
-    """The adapter name of the layer that holds ``parameter`` (a path in ``model``)."""
-    path = parameter
-    while path:
-        path = path.rpartition(".")[0]
-        module = model.get_submodule(path) if path else model
-        if isinstance(module, AdapterLayer):
-            return module.adapter_name
-    return DEFAULT

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lightning_adapters.errors import UserInputError
+from lightning_adapters.errors import UserInputError, first_line
 
 
 @dataclass
@@ -126,7 +126,7 @@ def read_parquet(path: Path, source: str) -> Table:
     except UserInputError:
         raise
     except Exception as err:  # pyarrow raises several unrelated types for a file that is not parquet
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise UserInputError(f"cannot read {source} as parquet ({reason}) — pass a parquet file") from err
     # Binary columns come back as bytes, which str() would turn into "b'...'": decode the UTF-8 ones here.
     columns = {str(c): [_decoded(value) for value in frame[c].tolist()] for c in frame.columns}
@@ -157,7 +157,7 @@ def load_hub_splits(name: str, config: str | None, local_hint: str = "local file
     try:
         loaded = datasets.load_dataset(name, config)
     except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
                              f"config, or pass {local_hint}") from err
     return {HUB_SPLITS[split_name]: (f"hub dataset '{name}' split '{split_name}'", split)

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Union
 
-from lightning_adapters.errors import UserInputError
+from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.heads import TaskHead
 from lightning_adapters.patterns import check_pattern
 from lightning_adapters.strategies import Strategy
@@ -73,7 +73,7 @@ def build_from_config(config: Any, expected: type, what: str, allowed: Iterable[
     except UserInputError:
         raise
     except (TypeError, ValueError) as err:  # a user class's own checks, or a hint we could not read
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err)
         raise UserInputError(f"cannot build {what} {cls.__name__} from the adapter config ({first}) — the adapter "
                              "config is corrupt; save the adapter again") from err
 
