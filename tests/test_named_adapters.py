@@ -190,3 +190,15 @@ def test_an_adapter_for_another_base_is_refused_and_nothing_is_added(model_dirs,
     with pytest.raises(UserInputError, match="base model"):
         module.load_adapter(folder, "intent")
     assert module.adapter_names == ["default"] and sorted(name for name, _ in module.named_parameters()) == paths
+
+
+def test_weights_keep_their_alone_names_under_several_later_adapters():
+    """Three adapters at one place: the innermost one's weights sit two ``base_layer`` steps deep, and are still
+    named (and exported) as they are alone on the base."""
+    model = build_model("bert").requires_grad_(False)
+    for i, name in enumerate(("a", "b", "c")):
+        add(model, "lora", name, seed=i)
+    alone = build_model("bert").requires_grad_(False)
+    add(alone, "lora", "a", seed=0)
+    assert any(".base_layer.base_layer." in name for name, _ in adapter_named_parameters(model, "a"))
+    assert set(adapter_state_dict(model, "a")) == set(adapter_state_dict(alone, "a"))

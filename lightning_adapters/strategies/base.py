@@ -181,9 +181,12 @@ def adapter_state_dict(model: nn.Module, adapter: str | None = None) -> dict[str
     return {canonical_name(name): param.detach() for name, param in adapter_named_parameters(model, adapter)}
 
 
+_WRAPPED = re.compile(r"(?:\.base_layer)+(?=\.|$)")  # one step per adapter added later at the same place
+
+
 def canonical_name(path: str) -> str:
     """``path`` without the ``base_layer`` steps that adapters added later at the same place put in front of it."""
-    return path.replace(".base_layer.", ".")
+    return _WRAPPED.sub("", path)
 
 
 def tag_new_layers(model: nn.Module, before: set[int], adapter: str) -> list[AdapterLayer]:
