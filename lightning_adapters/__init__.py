@@ -2,6 +2,7 @@
 
 from lightning_adapters.callbacks import EarlyStopping, JsonlPredictionWriter
 from lightning_adapters.checkpoint import load_adapter, save_adapter
+from lightning_adapters.composition import Parallel, Stack
 from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.dialogue_data import DialogueDataModule
 from lightning_adapters.errors import UserInputError
@@ -16,12 +17,21 @@ from lightning_adapters.module import AdapterModule
 from lightning_adapters.qa_data import QADataModule
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.seq2seq_data import SummarizationDataModule
-from lightning_adapters.strategies import IA3, Bottleneck, FullFineTuning, Lora, PrefixTuning, PromptTuning, Strategy
+from lightning_adapters.strategies import (
+    IA3,
+    AdapterFusion,
+    Bottleneck,
+    FullFineTuning,
+    Lora,
+    PrefixTuning,
+    PromptTuning,
+    Strategy,
+)
 from lightning_adapters.token_data import TokenClassificationDataModule
 
-__all__ = ["IA3", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule", "EarlyStopping",
-           "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora", "PrefixTuning", "PromptTuning",
-           "QADataModule", "QuestionAnsweringHead", "Strategy", "SummarizationDataModule", "TaskHead",
-           "TextClassificationDataModule", "TokenClassificationDataModule", "TokenClassificationHead",
-           "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
+__all__ = ["IA3", "AdapterFusion", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule",
+           "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora", "Parallel",
+           "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack", "Strategy",
+           "SummarizationDataModule", "TaskHead", "TextClassificationDataModule", "TokenClassificationDataModule",
+           "TokenClassificationHead", "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"

@@ -10,9 +10,11 @@ base model is the one the checkpoint was trained on.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -26,6 +28,7 @@ from transformers import get_linear_schedule_with_warmup
 from lightning_adapters import backbone as hf
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
+from lightning_adapters.mixed_batches import ROUTE_KEY, MixedBatches, rows_of
 from lightning_adapters.named_adapters import DEFAULT, NamedAdapters
 from lightning_adapters.strategies import Bottleneck, Strategy, export_weights
 
@@ -61,6 +64,23 @@ def check_optimizer_settings(learning_rate: float, weight_decay: float, warmup_r
                              "e.g. warmup_ratio: 0.1")
 
 
+def check_continual_settings(adapters: dict[str, str] | None, init_from: str | None, adapter: str | None) -> None:
+    """Refuse ``adapters``/``init_from`` settings that cannot work, in one line, before any model is loaded."""
+    if init_from is not None and init_from not in (adapters or {}):
+        raise UserInputError(f"init_from '{init_from}' is not one of the loaded adapters "
+                             f"({', '.join(adapters or {}) or 'none given'}) — list its folder under adapters")
+    if init_from is not None and adapter is not None:
+        raise UserInputError("give either adapter (this adapter's own saved weights) or init_from (an earlier "
+                             "task's), not both")
+    for name, folder in (adapters or {}).items():
+        if name == DEFAULT:
+            raise UserInputError("adapters may not use the name 'default': it is this module's own adapter — "
+                                 "name the earlier task, e.g. sentiment: FOLDER")
+        if not isinstance(folder, str | os.PathLike) or not Path(folder).is_dir():
+            raise UserInputError(f"adapters: '{name}' names {folder!r}, which is not a folder — give the folder "
+                                 "an earlier run exported (its <run folder>/adapter)")
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
@@ -70,7 +90,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
 
 
-class AdapterModule(NamedAdapters, L.LightningModule):
+class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
     """Parameter-efficient fine-tuning of a frozen Hugging Face model.
 
     Args:
@@ -93,6 +113,12 @@ class AdapterModule(NamedAdapters, L.LightningModule):
             to test or predict with it, or to keep training it.
         gradient_checkpointing: recompute the frozen base's activations in backward (less memory, slower steps);
             gradients are unchanged, for every strategy.
+        adapters: earlier tasks' exported adapter folders to carry along, ``{name: folder}`` (continual learning):
+            each is loaded frozen and switched off before this module's own adapter (``default``) is added, so
+            training it leaves theirs bit-identical, and its checkpoints and export are those of a module without
+            them. Switch between tasks with `set_active_adapters`.
+        init_from: one of ``adapters`` whose weights start this module's own adapter (same strategy settings; the
+            head starts fresh): transfer from an earlier task.
     """
 
     def __init__(self, backbone: str = "minilm", strategy: Strategy | None = None, head: TaskHead | None = None,
@@ -100,9 +126,11 @@ class AdapterModule(NamedAdapters, L.LightningModule):
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, optimizer: OptimizerCallable | None = None,
                  scheduler: LRSchedulerCallable | None = None, revision: str | None = None,
                  trust_remote_code: bool = False, adapter: str | None = None,
-                 gradient_checkpointing: bool = False, label_counts: list[int] | None = None) -> None:
+                 gradient_checkpointing: bool = False, label_counts: list[int] | None = None,
+                 adapters: dict[str, str] | None = None, init_from: str | None = None) -> None:
         super().__init__()
         check_optimizer_settings(learning_rate, weight_decay, warmup_ratio)
+        check_continual_settings(adapters, init_from, adapter)
         self.backbone_name = backbone
         self.strategy = strategy or Bottleneck()
         self.head = head or ClassificationHead()
@@ -118,21 +146,27 @@ class AdapterModule(NamedAdapters, L.LightningModule):
         loaded = hf.load_model(backbone, self.head.auto_class, dtype, revision, trust_remote_code)
         # from_pretrained returns eval mode; fine-tuning keeps the frozen base's dropout active, as HF's Trainer does.
         self.backbone = self.head.prepare_backbone(loaded).train()
-        self.strategy.apply(self.backbone)
+        # the identity of the base, which no adapter changes (taken before any is applied: earlier tasks' folders
+        # are checked against it); under FSDP the weights are later shards
+        self.base_fingerprint = hf.fingerprint(self.backbone)
+        self._init_named_adapters()
+        self._load_earlier_adapters(adapters or {})  # frozen and off; before ours, so ours keeps its own weight names
+        self._apply_default_strategy()
         if gradient_checkpointing:
             hf.enable_gradient_checkpointing(self.backbone)
         tokenizer = hf.load_tokenizer(backbone, revision, trust_remote_code) if self.head.uses_tokenizer else None
         self.head.build(self.backbone.config, self.label_names, tokenizer)
         self._keep_trainable_fp32()  # e.g. full fine-tuning of a bfloat16 base
-        self._init_named_adapters()  # this strategy and head are the adapter named "default"
-        self.base_fingerprint = hf.fingerprint(self.backbone)
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks the keys
         self.val_metrics = self.head.metrics().clone(prefix="val_")
         self.test_metrics = self.head.metrics().clone(prefix="test_")
+        self._init_mixed_batches()
         if adapter is not None:
             from lightning_adapters.checkpoint import apply_adapter  # checkpoint.py imports this module
 
             apply_adapter(self, adapter)
+        if init_from is not None:
+            self.init_adapter_from(init_from)
 
     # ---- precision policy -------------------------------------------------------------------------------------
     def _apply(self, fn, *args, **kwargs):
@@ -295,47 +329,63 @@ class AdapterModule(NamedAdapters, L.LightningModule):
         add_saved_adapter(self, folder, name, allowed_classes)
 
     # ---- training --------------------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+    def forward(self, batch: dict[str, Any]) -> Any:
+        """The task head's outputs; for a mixed-task batch or `Parallel` adapters, per adapter (`mixed_forward`)."""
+        if ROUTE_KEY in batch or self.parallel:
+            return self.mixed_forward(batch)
         return self.task_head(self.backbone, batch)
 
     def on_fit_start(self) -> None:
         self.check_trainable()
+        self.check_earlier_adapters_kept()
         trainable, total = self.parameter_counts()
         rank_zero_info(f"trainable params: {trainable:,} || all params: {total:,} || "
                        f"trainable%: {100 * trainable / total:.4f}")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.task_head.loss(self(batch), batch)
+        if ROUTE_KEY in batch:
+            loss = self.mixed_training_loss(batch)
+        else:
+            self.check_not_parallel("training")
+            loss = self.task_head.loss(self(batch), batch)
         # sync_dist: under DDP the logged loss is the global batch's, not rank 0's share (one scalar all-reduce)
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]), sync_dist=True)
+        self.log("train_loss", loss, prog_bar=True, batch_size=rows_of(batch), sync_dist=True)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], metrics, stage: str) -> None:
+        if ROUTE_KEY in batch:
+            self.mixed_eval_step(batch, stage)
+            return
+        self.check_not_parallel("validation" if stage == "val" else stage)
         outputs = self(batch)
-        size = len(batch["input_ids"])
-        self.log(f"{stage}_loss", self.task_head.loss(outputs, batch), prog_bar=True, batch_size=size,
+        self.log(f"{stage}_loss", self.task_head.loss(outputs, batch), prog_bar=True, batch_size=rows_of(batch),
                  sync_dist=True)
         self.task_head.update_metrics(metrics, outputs, batch, self.backbone, stage)
 
-    def _log_metrics(self, metrics) -> None:
-        """Once per epoch: corpus-level metrics (entity F1, ROUGE, SQuAD) need every batch; compute syncs ranks."""
-        values = {name: value for name, value in metrics.compute().items() if value.numel() == 1}
-        self.log_dict(values, prog_bar=True)  # already global after compute(): no second reduction
-        metrics.reset()
+    def _log_metrics(self, metrics, stage: str) -> None:
+        """Once per epoch: corpus-level metrics (entity F1, ROUGE, SQuAD) need every batch; compute syncs ranks.
+        Mixed batches' per-task metrics too (a task no rank saw is left out)."""
+        for collection in [metrics, *self._routed_metrics.get(stage, {}).values()]:
+            values = {name: value for name, value in collection.compute().items() if value.numel() == 1}
+            self.log_dict(values, prog_bar=collection is metrics)  # global after compute(): no second reduction
+            collection.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics)
+        self._log_metrics(self.val_metrics, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics)
+        self._log_metrics(self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """One row per example (`mixed_predict` for mixed batches and `Parallel` adapters)."""
+        if ROUTE_KEY in batch or self.parallel:
+            return self.mixed_predict(batch)
         return self.task_head.predict(self.backbone, batch)
 
     def configure_optimizers(self):

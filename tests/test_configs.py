@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from conftest import DATA_ROOT
 
+from lightning_adapters import save_adapter
 from lightning_adapters.cli import AdaptersCLI, main
 from lightning_adapters.module import AdapterModule
 
@@ -58,11 +60,21 @@ def test_trainer_strategy_fragment_composes_with_a_pack_config(fragment, capsys)
     assert expected["init_args"].items() <= printed["init_args"].items()
 
 
+def stand_in_earlier_adapters(config: Path, tmp_path: Path) -> list[str]:
+    """A continual-learning config lists folders an earlier run exports: stand in untrained ones of the same base."""
+    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    folders = {}
+    for name in init_args.get("adapters") or {}:
+        folders[name] = str(save_adapter(AdapterModule(init_args["backbone"], label_names=["a", "b"]), tmp_path / name))
+    return ["--model.init_args.adapters", json.dumps(folders)] if folders else []
+
+
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_experiment_config_builds_model_and_data(config, monkeypatch):
+def test_experiment_config_builds_model_and_data(config, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)
     point_at_data(config, monkeypatch)
+    args = ["--config", str(config), *stand_in_earlier_adapters(config, tmp_path)]
     cli = AdaptersCLI(AdapterModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                      args=["--config", str(config)], auto_configure_optimizers=False)
+                      args=args, auto_configure_optimizers=False)
     assert cli.model.label_names == cli.datamodule.label_names  # None for tasks without a label set (QA, generation)
     assert cli.datamodule.tokenizer_name == cli.model.backbone_name

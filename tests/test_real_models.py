@@ -94,3 +94,29 @@ def test_quickstart_beats_the_majority_class_and_checkpoints_are_small(tmp_path,
     assert os.path.getsize(adapter / "adapter_model.safetensors") <= 0.05 * base_bytes
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["label_names"] == ["negative", "neutral", "positive"]
+
+
+def test_the_continual_learning_config_keeps_the_quickstart_adapter_bit_identical(tmp_path, monkeypatch):
+    """configs/customer_service/continual.yaml after the quickstart (both as smoke runs): the intent adapter trains
+    beside the finance-sentiment one, whose outputs do not change."""
+    from lightning_adapters.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)  # the configs' relative run folders land here
+    smoke = ["--trainer.max_steps", "3", "--test_after_fit", "false", "--trainer.enable_progress_bar", "false"]
+    run_cli(["fit", "--config", str(REPO / "configs/finance_sentiment/bottleneck.yaml"), *smoke])
+    sentiment = load_adapter(tmp_path / "runs/finance_sentiment/lightning_logs/version_0/adapter").eval()
+    tokenizer = load_tokenizer("minilm")
+    batch = dict(tokenizer(["Operating profit rose to EUR 13.1 mn", "I lost my card"], padding=True,
+                           return_tensors="pt"))
+    with torch.no_grad():
+        before = sentiment(batch)
+
+    cli = run_cli(["fit", "--config", str(REPO / "configs/customer_service/continual.yaml"), *smoke])
+    module = cli.model.eval()
+    assert module.adapter_names == ["default", "sentiment"] and len(module.labels_of("default")) == 10
+    module.set_active_adapters("sentiment")
+    with torch.no_grad():
+        assert torch.equal(module(batch), before)
+    intent = json.loads((tmp_path / "runs/customer_service/lightning_logs/version_0/adapter/adapter_config.json")
+                        .read_text())
+    assert intent["strategy"]["class_path"].endswith("Lora") and len(intent["label_names"]) == 10

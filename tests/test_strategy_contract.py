@@ -156,6 +156,9 @@ def test_the_table_covers_every_strategy_we_ship():
     import lightning_adapters.strategies as shipped
     from lightning_adapters.strategies import Strategy
 
+    # AdapterFusion combines adapters already on the module, so it cannot stand alone in this table;
+    # tests/test_composition.py tests its folder round trip against its own reference.
+    composes = {shipped.AdapterFusion}
     classes = {obj for obj in vars(shipped).values() if isinstance(obj, type) and issubclass(obj, Strategy)
                and obj is not Strategy}
-    assert classes == {entry.cls for entry in STRATEGIES.values()}
+    assert classes - composes == {entry.cls for entry in STRATEGIES.values()}

@@ -896,6 +896,45 @@ def define_cases() -> None:  # noqa: PLR0915 — one long list on purpose
                                                    {"role": "assistant", "content": "again"}]}) + "\n"),
          needles=("line 1",))
 
+    # ==== many adapters on one base: continual learning, mixed batches, composition =================================
+    cat = "many-adapters"
+    module = ("from lightning_adapters import AdapterModule, Lora, ClassificationHead\n"
+              "m = AdapterModule('minilm', strategy=Lora(), label_names=['a', 'b'])\n")
+    case("continual-adapters-not-a-folder", cat, "--model.init_args.adapters naming a folder that does not exist",
+         fit("--model.init_args.adapters", '{"sentiment": "nowhere"}'), needles=("not a folder",))
+    case("continual-adapter-named-default", cat, "an earlier adapter listed under the name 'default'",
+         fit("--model.init_args.adapters", '{"default": "adapter"}'), adapter, needles=("'default'",))
+    case("continual-init-from-unknown", cat, "--model.init_args.init_from naming no loaded adapter",
+         fit("--model.init_args.init_from", "sentiment"), needles=("init_from",))
+    case("continual-adapter-other-base", cat, "an earlier adapter whose base-model fingerprint differs",
+         fit("--model.init_args.adapters", '{"sentiment": "adapter"}'), adapter,
+         edit_json(A, base_model={"weights": "x"}), needles=("fingerprint|base model",))
+    case("continual-adapter-truncated", cat, "an earlier adapter whose weights file is cut in half",
+         fit("--model.init_args.adapters", '{"sentiment": "adapter"}'), adapter, truncate(W, 0.5),
+         needles=("safetensors",))
+    case("continual-full-fine-tuning", cat, "full fine-tuning beside an earlier adapter (it would forget)",
+         fit("--model.init_args.adapters", '{"sentiment": "adapter"}', "--model.init_args.strategy",
+             "lightning_adapters.FullFineTuning"), adapter, needles=("forget",))
+    case("mixed-batch-unknown-adapter", cat, "a batch naming an adapter the module does not have",
+         module + "m({'input_ids': __import__('torch').ones(2, 3, dtype=__import__('torch').long), "
+                  "'attention_mask': __import__('torch').ones(2, 3), 'adapter_names': ['default', 'intent']})\n",
+         needles=("intent",))
+    case("mixed-batch-names-per-row", cat, "a batch whose adapter_names has fewer names than rows",
+         module + "m({'input_ids': __import__('torch').ones(2, 3, dtype=__import__('torch').long), "
+                  "'attention_mask': __import__('torch').ones(2, 3), 'adapter_names': ['default']})\n",
+         needles=("one adapter name per row",))
+    case("compose-fuse-lora", cat, "AdapterFusion over LoRA adapters",
+         module + "from lightning_adapters import AdapterFusion\nm.add_adapter('b', Lora(), ClassificationHead(), "
+                  "['a', 'b'])\nm.add_adapter('f', AdapterFusion(['default', 'b']), ClassificationHead(), "
+                  "['a', 'b'])\n",
+         needles=("bottleneck",))
+    case("compose-merge-bottleneck", cat, "add_weighted_adapter over a bottleneck adapter",
+         module + "from lightning_adapters import Bottleneck\nm.add_adapter('b', Bottleneck(), ClassificationHead(), "
+                  "['a', 'b'])\nm.add_weighted_adapter(['default', 'b'], adapter_name='avg')\n",
+         needles=("not LoRA",))
+    case("compose-duplicate-name", cat, "add_adapter with a name already taken",
+         module + "m.add_adapter('default', Lora(), ClassificationHead(), ['a', 'b'])\n", needles=("already exists",))
+
 
 def yaml_bomb() -> str:
     lines = ['lol0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
