@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.data_location import dataset_folder
+from lightning_adapters.data.token_classification import TokenClassificationDataModule
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.token_data import TokenClassificationDataModule
 
 LABEL_NAMES = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 SAMPLE_DIR = Path(__file__).parent / "sample"

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lightning_adapters.data import TextClassificationDataModule
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.classification import TextClassificationDataModule
+from lightning_adapters.data.data_location import dataset_folder
 from lightning_adapters.errors import UserInputError
 
 HUB_DATASET = "PolyAI/banking77"

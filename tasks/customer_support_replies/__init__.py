@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_adapters.data_location import dataset_folder
-from lightning_adapters.dialogue_data import DialogueDataModule, Truncation
+from lightning_adapters.data.data_location import dataset_folder
+from lightning_adapters.data.dialogue import DialogueDataModule, Truncation
 from lightning_adapters.errors import UserInputError
 
 BITEXT_FILE = "Bitext_Sample_Customer_Support_Training_Dataset.csv"

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.data_location import dataset_folder
+from lightning_adapters.data.summarization import SummarizationDataModule, Truncation
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.seq2seq_data import SummarizationDataModule, Truncation
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 PROMPT = "Summarize the following dialogue.\n\n{source}\n\nSummary:"

@@ -11,7 +11,7 @@ documented, configurable steps:
    split it keeps 2,001 tokens on average, up to 5,045); a transcript with no such sentence is kept whole. ``none``
    keeps every sentence.
 2. ``truncation`` of what is left to ``max_source_length`` tokens: ``head`` (default), ``tail``, ``head_tail``, or
-   ``none`` to refuse longer inputs with an error naming the row (see `lightning_adapters.seq2seq_data`).
+   ``none`` to refuse longer inputs with an error naming the row (see `lightning_adapters.data.summarization`).
 
 Sources: nothing -> the small fictional sample we wrote in ``sample/`` (ECTSum's JSONL schema: ``id``,
 ``transcript``, ``summary``); ``data_dir`` -> an ECTSum folder with ``ectsum_test.jsonl``, ``ectsum_val.jsonl`` and, if
@@ -27,9 +27,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.data_location import dataset_folder
+from lightning_adapters.data.summarization import SummarizationDataModule, Truncation
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.seq2seq_data import SummarizationDataModule, Truncation
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 PROMPT = "Summarize the key financial results of this earnings call as short bullet points.\n\n{source}\n\nSummary:"

@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lightning_adapters.data import TextClassificationDataModule
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.classification import TextClassificationDataModule
+from lightning_adapters.data.data_location import dataset_folder
+from lightning_adapters.data.readers import Table
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.readers import Table
 
 LABEL_NAMES = ["negative", "neutral", "positive"]
 HUB_DATASET = "takala/financial_phrasebank"

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.data_location import dataset_folder
+from lightning_adapters.data.question_answering import QADataModule
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.qa_data import QADataModule
 
 HUB_DATASET = "rajpurkar/squad"
 SAMPLE_DIR = Path(__file__).parent / "sample"

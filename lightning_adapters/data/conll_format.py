@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lightning_adapters.data.readers import load_hub_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.readers import load_hub_splits
 
 Scheme = Literal["auto", "IOB1", "IOB2", "IO"]
 SCHEMES = ("auto", "IOB1", "IOB2", "IO")

@@ -24,12 +24,12 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
-from lightning_adapters.data import SPLITS, check_limits, existing_file
+from lightning_adapters.data.classification import SPLITS, check_limits, existing_file
+from lightning_adapters.data.loaders import ID_COLUMN, SplitDataModule, row_ids
+from lightning_adapters.data.readers import READERS, Table, is_missing, load_hub_splits
+from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
-from lightning_adapters.loading import ID_COLUMN, SplitDataModule, row_ids
-from lightning_adapters.readers import READERS, Table, is_missing, load_hub_splits
-from lightning_adapters.splits import carve_missing_splits
 
 Truncation = Literal["head", "tail", "head_tail", "none"]
 _GGUF_STRING = 8

@@ -21,11 +21,20 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.conll import SCHEMES, Scheme, Sentence, label_set, read_conll, read_hub, split_tag, to_iob2
-from lightning_adapters.data import check_limits, existing_file, fit_max_length
+from lightning_adapters.data.classification import check_limits, existing_file, fit_max_length
+from lightning_adapters.data.conll_format import (
+    SCHEMES,
+    Scheme,
+    Sentence,
+    label_set,
+    read_conll,
+    read_hub,
+    split_tag,
+    to_iob2,
+)
+from lightning_adapters.data.loaders import SplitDataModule
+from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import SplitDataModule
-from lightning_adapters.splits import carve_missing_splits
 
 SPLITS = ("train", "validation", "test", "predict")
 

@@ -1,6 +1,6 @@
 """Extractive question answering data: SQuAD-format JSON or a Hub dataset, article-disjoint splits, windowed features.
 
-Reading (`lightning_adapters.squad_format`) checks everything in ``__init__``, before Lightning writes anything;
+Reading (`lightning_adapters.data.squad_format`) checks everything in ``__init__``, before Lightning writes anything;
 each problem is one `UserInputError` naming the file, the JSON path and the fix. Missing validation/test splits are
 carved from the training data by whole articles (a ``data[]`` entry; a Hub dataset's title), seeded — so no context
 is shared between splits.
@@ -22,12 +22,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.data import SPLITS, check_limits, existing_file
+from lightning_adapters.data.classification import SPLITS, check_limits, existing_file
+from lightning_adapters.data.loaders import SplitDataModule
+from lightning_adapters.data.readers import load_hub_splits
+from lightning_adapters.data.splits import carve_missing_splits
+from lightning_adapters.data.squad_format import QAExample, hub_rows_to_squad, parse_squad, read_squad_json
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import SplitDataModule
-from lightning_adapters.readers import load_hub_splits
-from lightning_adapters.splits import carve_missing_splits
-from lightning_adapters.squad_format import QAExample, hub_rows_to_squad, parse_squad, read_squad_json
 
 
 def check_room(tokenizer, examples: list[QAExample], max_length: int, stride: int, source: str) -> None:

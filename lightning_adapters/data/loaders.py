@@ -25,8 +25,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_adapters.data.readers import is_missing
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.readers import is_missing
 
 ID_COLUMN = "id"  # a column of this name holds the rows' own ids
 

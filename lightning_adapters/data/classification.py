@@ -16,13 +16,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import DataCollatorWithPadding
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import (  # noqa: F401 — EpochShuffleSampler: re-export
+from lightning_adapters.data.loaders import (  # noqa: F401 — EpochShuffleSampler: re-export
     EpochShuffleSampler,
     SplitDataModule,
     row_ids,
 )
-from lightning_adapters.readers import (
+from lightning_adapters.data.readers import (
     READERS,
     Table,
     column_labels,
@@ -31,7 +30,8 @@ from lightning_adapters.readers import (
     label_ids,
     load_hub_splits,
 )
-from lightning_adapters.splits import carve_missing_splits
+from lightning_adapters.data.splits import carve_missing_splits
+from lightning_adapters.errors import UserInputError
 
 SPLITS = ("train", "validation", "test", "predict")
 

@@ -23,12 +23,12 @@ from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer
-from lightning_adapters.data import SPLITS, check_limits, existing_file
+from lightning_adapters.data.classification import SPLITS, check_limits, existing_file
+from lightning_adapters.data.loaders import SplitDataModule, row_ids
+from lightning_adapters.data.readers import READERS, Table, is_missing
+from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationCollator
-from lightning_adapters.loading import SplitDataModule, row_ids
-from lightning_adapters.readers import READERS, Table, is_missing
-from lightning_adapters.splits import carve_missing_splits
 
 ROLES = ("system", "user", "assistant")
 # Zephyr-style turns; the tokenizer's EOS ends each turn, so generation stops where a reply ends.
