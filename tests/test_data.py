@@ -19,7 +19,7 @@ import torch
 from conftest import CONFIGS, DATA_ROOT
 from transformers import BertTokenizerFast
 
-from lightning_adapters.data.classification import TextClassificationDataModule
+from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.data.loaders import LengthGroupedSampler
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.classification import ClassificationHead

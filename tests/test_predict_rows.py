@@ -14,7 +14,7 @@ from lightning import Trainer
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_adapters import AdapterModule, Lora
-from lightning_adapters.data.classification import TextClassificationDataModule
+from lightning_adapters.data import TextClassificationDataModule
 from lightning_adapters.data.question_answering import QACollator, example_meta
 from lightning_adapters.data.squad_format import QAExample
 from lightning_adapters.data.token_classification import TokenClassificationDataModule

@@ -10,20 +10,19 @@
   seeded data loaders.
 """
 
-from lightning_adapters.data.classification import (
-    SPLITS,
-    TextClassificationDataModule,
-    TextCollator,
-    check_limits,
-    count_truncated,
-    existing_file,
-    fit_max_length,
-    position_limit,
-)
+from lightning_adapters.data.classification import TextClassificationDataModule, TextCollator
 from lightning_adapters.data.dialogue import DialogueDataModule
-from lightning_adapters.data.loaders import EpochShuffleSampler, LengthGroupedSampler, SplitDataModule, row_ids
+from lightning_adapters.data.lengths import count_truncated, fit_max_length, position_limit
+from lightning_adapters.data.loaders import (
+    EpochShuffleSampler,
+    LengthGroupedSampler,
+    SplitDataModule,
+    check_limits,
+    row_ids,
+)
 from lightning_adapters.data.question_answering import QADataModule
 from lightning_adapters.data.readers import READERS, Table
+from lightning_adapters.data.source import SPLITS, existing_file, read_splits, read_table
 from lightning_adapters.data.summarization import SummarizationDataModule
 from lightning_adapters.data.token_classification import TokenClassificationDataModule
 
@@ -32,4 +31,5 @@ ClassificationDataModule = TextClassificationDataModule  # the family's name, as
 __all__ = ["READERS", "SPLITS", "ClassificationDataModule", "DialogueDataModule", "EpochShuffleSampler",
            "LengthGroupedSampler", "QADataModule", "SplitDataModule", "SummarizationDataModule", "Table",
            "TextClassificationDataModule", "TextCollator", "TokenClassificationDataModule", "check_limits",
-           "count_truncated", "existing_file", "fit_max_length", "position_limit", "row_ids"]
+           "count_truncated", "existing_file", "fit_max_length", "position_limit", "read_splits", "read_table",
+           "row_ids"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lightning_adapters.data.readers import load_hub_splits
+from lightning_adapters.data.source import load_hub_splits
 from lightning_adapters.errors import UserInputError
 
 Scheme = Literal["auto", "IOB1", "IOB2", "IO"]

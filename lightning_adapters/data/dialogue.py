@@ -17,18 +17,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer
-from lightning_adapters.data.classification import SPLITS, check_limits, existing_file
+from lightning_adapters.data.generation_collator import GENERATION_BATCH_KEYS, GenerationCollator
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
-from lightning_adapters.data.readers import READERS, Table, is_missing
+from lightning_adapters.data.readers import Table, is_missing
+from lightning_adapters.data.source import read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.generation import GenerationCollator
 
 ROLES = ("system", "user", "assistant")
 # Zephyr-style turns; the tokenizer's EOS ends each turn, so generation stops where a reply ends.
@@ -126,6 +127,8 @@ class DialogueDataModule(SplitDataModule):
             order is still seeded, exact on resume).
     """
 
+    batch_keys = GENERATION_BATCH_KEYS
+
     def __init__(self, tokenizer: str = "smollm2", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, messages_column: str = "messages",
                  instruction_column: str = "instruction", response_column: str = "response",
@@ -136,29 +139,21 @@ class DialogueDataModule(SplitDataModule):
                  batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
-                     max_length=(max_length, 2, math.inf), batch_size=(batch_size, 1, math.inf),
-                     eval_batch_size=(eval_batch_size, 1, math.inf), num_workers=(num_workers, 0, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, test_fraction, max_length=(max_length, 2, math.inf))
         if truncation not in Truncation.__args__:
             raise UserInputError(f"truncation='{truncation}' is unknown — use one of {', '.join(Truncation.__args__)}")
         aliases = dict(role_aliases or {})
         if bad := {k: v for k, v in aliases.items() if v not in ROLES}:
             raise UserInputError(f"role_aliases {bad} map onto unknown roles — map onto {', '.join(ROLES)}")
-        self.tokenizer_name, self.label_names = tokenizer, None  # no label set: the CLI links None to the model
+        self.label_names = None  # no label set: the CLI links None to the model
         self.messages_column, self.instruction_column, self.response_column = (messages_column, instruction_column,
                                                                                 response_column)
         self.system_prompt, self.role_aliases, self.meta_columns = system_prompt, aliases, list(meta_columns or [])
         self.stratify_column, self.truncation, self.max_length = stratify_column, truncation, max_length
-        self.validation_fraction, self.test_fraction, self.seed = validation_fraction, test_fraction, seed
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.group_by_length = group_by_length
-        self.splits: dict[str, list[Dialogue]] = {}
-        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if path is not None:
-                self.splits[split] = self._read(split, path)
-        if not self.splits:
-            raise UserInputError("no dialogue data — pass train_file (or validation/test/predict files)")
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        self.splits: dict[str, list[Dialogue]] = read_splits(
+            files, self._read, nothing="no dialogue data — pass train_file (or validation/test/predict files)")
         carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction}, seed,
                              keys=lambda rows: [d.stratum for d in rows])
         self.tokenizer = load_tokenizer(tokenizer)
@@ -166,16 +161,8 @@ class DialogueDataModule(SplitDataModule):
         self._datasets = {split: [self._encode(d, split) for d in rows] for split, rows in self.splits.items()}
 
     # ---- reading and checking -------------------------------------------------------------------------------
-    def _read(self, split: str, name: str) -> list[Dialogue]:
-        option = f"{split}_file"
-        path = existing_file(option, name)
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise UserInputError(f"unsupported file type '{path.suffix}' for {option} '{name}' — use "
-                                 f"{', '.join(READERS)}")
-        table = reader(path, f"{option} '{name}'")
-        if not table.lines:
-            raise UserInputError(f"{table.source} is empty (no data rows) — pass data with a header and rows")
+    def _read(self, path: Path, source: str, split: str) -> list[Dialogue]:
+        table = read_table(path, source)
         ids = row_ids(table.columns, len(table.lines))
         return [self._dialogue(table, row, split, ids[row]) for row in range(len(table.lines))]
 

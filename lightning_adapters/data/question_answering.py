@@ -16,15 +16,15 @@ per-question answer is known within a batch and DDP's sampler never splits a que
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.data.classification import SPLITS, check_limits, existing_file
 from lightning_adapters.data.loaders import SplitDataModule
-from lightning_adapters.data.readers import load_hub_splits
+from lightning_adapters.data.source import load_hub_splits, read_splits
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.data.squad_format import QAExample, hub_rows_to_squad, parse_squad, read_squad_json
 from lightning_adapters.errors import UserInputError
@@ -135,6 +135,12 @@ class QADataModule(SplitDataModule):
             order is still seeded, exact on resume).
     """
 
+    batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "token_type_ids": "segment ids",
+                  "context_mask": "context token mask", "start_positions": "answer start token",
+                  "end_positions": "answer end token", "offsets": "token character offsets",
+                  "example_index": "question index per window", "id": "question ids", "question": "question texts",
+                  "context": "context texts", "answers": "gold answer texts", "meta": "row meta"}
+
     def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
                  hub_config: str | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.1,
@@ -142,38 +148,35 @@ class QADataModule(SplitDataModule):
                  eval_batch_size: int | None = None, num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
-                     max_length=(max_length, 8, math.inf), stride=(stride, 0, max_length // 2),
-                     batch_size=(batch_size, 1, math.inf), eval_batch_size=(eval_batch_size, 1, math.inf),
-                     num_workers=(num_workers, 0, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, test_fraction, max_length=(max_length, 8, math.inf),
+                          stride=(stride, 0, max_length // 2))
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
-        self.tokenizer_name, self.seed, self.max_length, self.stride = tokenizer, seed, max_length, stride
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.group_by_length = group_by_length
+        self.max_length, self.stride = max_length, stride
         self.label_names = None  # no label set; the CLI links this to the model
-        self.splits = self._read_hub(hub_dataset, hub_config) if hub_dataset else {}
-        self.sources = {split: f"hub dataset '{hub_dataset}' split '{split}'" for split in self.splits}
-        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if path is not None:
-                self.sources[split] = f"{split}_file '{path}'"
-                self.splits[split] = read_squad_json(existing_file(f"{split}_file", path), self.sources[split],
-                                                     labelled=split != "predict")
-        if not self.splits:
-            raise UserInputError("no question-answering data — pass train_file (or hub_dataset), test_file or "
-                                 "predict_file")
+        hub = self.read_hub(hub_dataset, hub_config) if hub_dataset else {}
+        self.sources = {split: source for split, (source, _) in hub.items()}
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        self.splits = read_splits(files, self._read_file, {split: rows for split, (_, rows) in hub.items()},
+                                  nothing="no question-answering data — pass train_file (or hub_dataset), test_file "
+                                          "or predict_file")
         self._carve_articles(validation_fraction, test_fraction)
         self.tokenizer = None  # loaded in setup(): the data checks above need no tokenizer
         self._datasets: dict[str, list] = {}
 
-    def _read_hub(self, name: str, config: str | None) -> dict[str, list[QAExample]]:
+    def _read_file(self, path: Path, source: str, split: str) -> list[QAExample]:
+        self.sources[split] = source
+        return read_squad_json(path, source, labelled=split != "predict")
+
+    def read_hub(self, name: str, config: str | None) -> dict[str, tuple[str, list[QAExample]]]:
+        """``{split: (source, examples)}`` of a Hub dataset in the SQuAD schema."""
         splits = {}
         for split_name, (source, split) in load_hub_splits(name, config, "local SQuAD JSON files").items():
             missing = [c for c in ("id", "title", "context", "question", "answers") if c not in split.column_names]
             if missing:
                 raise UserInputError(f"{source} has no column(s) {', '.join(missing)} — use a dataset in the SQuAD "
                                      "schema (id, title, context, question, answers{text, answer_start})")
-            splits[split_name] = parse_squad(hub_rows_to_squad(split.to_dict()), source)
+            splits[split_name] = source, parse_squad(hub_rows_to_squad(split.to_dict()), source)
         return splits
 
     def _carve_articles(self, validation_fraction: float, test_fraction: float) -> None:

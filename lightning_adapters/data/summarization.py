@@ -24,12 +24,12 @@ from typing import Any, Literal
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
-from lightning_adapters.data.classification import SPLITS, check_limits, existing_file
+from lightning_adapters.data.generation_collator import GENERATION_BATCH_KEYS, GenerationCollator
 from lightning_adapters.data.loaders import ID_COLUMN, SplitDataModule, row_ids
-from lightning_adapters.data.readers import READERS, Table, is_missing, load_hub_splits
+from lightning_adapters.data.readers import Table, is_missing
+from lightning_adapters.data.source import hub_tables, read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.generation import GenerationCollator
 
 Truncation = Literal["head", "tail", "head_tail", "none"]
 _GGUF_STRING = 8
@@ -143,6 +143,8 @@ class SummarizationDataModule(SplitDataModule):
             order is still seeded, exact on resume).
     """
 
+    batch_keys = GENERATION_BATCH_KEYS
+
     def __init__(self, tokenizer: str = "smollm2", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
                  hub_config: str | None = None, source_column: str = "source", target_column: str = "target",
@@ -154,31 +156,24 @@ class SummarizationDataModule(SplitDataModule):
                  num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
-                     max_source_length=(max_source_length, 1, math.inf), batch_size=(batch_size, 1, math.inf),
-                     max_target_length=(max_target_length, 2, math.inf), num_workers=(num_workers, 0, math.inf),
-                     eval_batch_size=(eval_batch_size, 1, math.inf), max_rows=(max_rows or 1, 1, math.inf),
-                     max_eval_rows=(max_eval_rows or 1, 1, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, test_fraction, max_source_length=(max_source_length, 1, math.inf),
+                          max_target_length=(max_target_length, 2, math.inf), max_rows=(max_rows or 1, 1, math.inf),
+                          max_eval_rows=(max_eval_rows or 1, 1, math.inf))
         if truncation not in ("head", "tail", "head_tail", "none"):
             raise UserInputError(f"unknown truncation '{truncation}' — use head, tail, head_tail or none")
         if prompt_template is not None:
             check_template(prompt_template)
-        self.tokenizer_name, self.source_column, self.target_column = tokenizer, source_column, target_column
+        self.source_column, self.target_column = source_column, target_column
         self.reference_columns = list(reference_columns) if reference_columns else [target_column]
         self.id_column, self.prompt_template, self.chat_template = id_column, prompt_template, chat_template
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.truncation, self.max_rows, self.max_eval_rows, self.seed = truncation, max_rows, max_eval_rows, seed
-        self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.group_by_length = group_by_length
+        self.truncation, self.max_rows, self.max_eval_rows = truncation, max_rows, max_eval_rows
         self.label_names = None  # generation has no label set
-        tables = self.read_hub(hub_dataset, hub_config) if hub_dataset else {}
-        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if path is not None:
-                tables[split] = self.read_table(existing_file(f"{split}_file", path), f"{split}_file '{path}'")
-        if not tables:
-            raise UserInputError("no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        tables = read_splits(files, lambda path, source, split: self.read_table(path, source),
+                             hub_tables(hub_dataset, hub_config) if hub_dataset else None,
+                             nothing="no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
         self.splits = {split: self.examples(table, split) for split, table in tables.items()}
         carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction}, seed)
         # The tokenizer is needed now: length checks (truncation 'none') must fail before Lightning writes anything.
@@ -192,21 +187,12 @@ class SummarizationDataModule(SplitDataModule):
         self._datasets = {split: [self.encode(row) for row in rows] for split, rows in self.splits.items()}
 
     # ---- reading and checking (all in __init__) ----------------------------------------------------------------
-    def read_table(self, path, source: str) -> Table:
+    def read_table(self, path: Path, source: str) -> Table:
         """Read one local file by its extension; packs override this to add formats."""
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise UserInputError(f"unsupported file type '{path.suffix}' for {source} — use {', '.join(READERS)}")
-        return reader(path, source)
-
-    def read_hub(self, name: str, config: str | None) -> dict[str, Table]:
-        return {split: Table(source, dataset.to_dict(), list(range(1, len(dataset) + 1)), "row")
-                for split, (source, dataset) in load_hub_splits(name, config).items()}
+        return read_table(path, source)
 
     def examples(self, table: Table, split: str) -> list[dict[str, Any]]:
         """Checked rows: ``source``, ``target`` (None when predicting without one), ``references``, ``meta``."""
-        if not table.lines:
-            raise UserInputError(f"{table.source} is empty (no data rows) — pass a file with rows")
         limit = self.max_rows if split == "train" else self.max_eval_rows
         count = len(table.lines) if limit is None else min(limit, len(table.lines))
         sources = table.column(self.source_column, "source_column")

@@ -21,7 +21,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.data.classification import check_limits, existing_file, fit_max_length
 from lightning_adapters.data.conll_format import (
     SCHEMES,
     Scheme,
@@ -32,11 +31,11 @@ from lightning_adapters.data.conll_format import (
     split_tag,
     to_iob2,
 )
+from lightning_adapters.data.lengths import fit_max_length
 from lightning_adapters.data.loaders import SplitDataModule
+from lightning_adapters.data.source import read_splits
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
-
-SPLITS = ("train", "validation", "test", "predict")
 
 
 def align(words: list[str], offsets: list[tuple[int, int]]) -> tuple[list[int], list[list[int]]]:
@@ -118,6 +117,9 @@ class TokenClassificationDataModule(SplitDataModule):
             order is still seeded, exact on resume).
     """
 
+    batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "tag id per token",
+                  "word_positions": "token index per word", "word_labels": "tag id per word", "words": "row words",
+                  "meta": "row meta"}
     carved_splits = ("validation",)  # a test split is never carved: NER test sets are fixed
 
     def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
@@ -129,28 +131,20 @@ class TokenClassificationDataModule(SplitDataModule):
                  num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), max_length=(max_length, 2, math.inf),
-                     batch_size=(batch_size, 1, math.inf), eval_batch_size=(eval_batch_size, 1, math.inf),
-                     num_workers=(num_workers, 0, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, max_length=(max_length, 2, math.inf))
         if scheme not in SCHEMES:
             raise UserInputError(f"unknown scheme '{scheme}' — use one of {', '.join(SCHEMES)}")
         if label_subwords not in ("first", "last", "all"):
             raise UserInputError(f"unknown label_subwords '{label_subwords}' — use first, last or all")
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
-        self.tokenizer_name, self.scheme, self.label_subwords = tokenizer, scheme, label_subwords
+        self.scheme, self.label_subwords, self.max_length = scheme, label_subwords, max_length
         self.tokens_field, self.tags_field, self.tag_column = tokens_field, tags_field, tag_column
-        self.validation_fraction, self.seed, self.max_length = validation_fraction, seed, max_length
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.group_by_length = group_by_length
         given = self._check_label_names(label_names)
-        self.splits: dict[str, list[Sentence]] = (
-            read_hub(hub_dataset, hub_config, tokens_field, tags_field, given) if hub_dataset else {})
-        for split, name in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if name is not None:
-                path = existing_file(f"{split}_file", name)
-                self.splits[split] = read_conll(path, f"{split}_file '{name}'",
-                                                None if split == "predict" else tag_column)
+        hub = read_hub(hub_dataset, hub_config, tokens_field, tags_field, given) if hub_dataset else None
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        self.splits: dict[str, list[Sentence]] = read_splits(files, lambda path, source, split: read_conll(
+            path, source, None if split == "predict" else tag_column), hub)
         self.label_names: list[str] = self._label_names(given)
         # Sentence ids are taken before carving moves sentences between splits; (source, line) names a sentence.
         self.sentence_ids = {(s.source, s.line): s.line - 1 if s.hub else index
