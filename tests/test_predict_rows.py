@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_adapters import AdapterModule, Lora
 from lightning_adapters.data import TextClassificationDataModule
-from lightning_adapters.data.question_answering import QACollator, example_meta
+from lightning_adapters.data.qa_features import QACollator, example_meta
 from lightning_adapters.data.squad_format import QAExample
 from lightning_adapters.data.token_classification import TokenClassificationDataModule
 from lightning_adapters.heads import ClassificationHead, TokenClassificationHead

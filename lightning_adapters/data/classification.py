@@ -52,27 +52,18 @@ class TextClassificationDataModule(SplitDataModule):
     """Sequence classification from CSV/TSV/JSONL/parquet files or a Hub dataset.
 
     Args:
-        tokenizer: backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model).
         train_file: training file (.csv, .tsv, .jsonl/.json lines, .parquet).
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
         predict_file: texts to predict (a label column is optional); the test split when missing. Prediction rows
             hold ``id`` (the file's ``id`` column, else the 0-based row index) and, given labels, ``gold_label``.
-        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
-        hub_config: configuration name of ``hub_dataset``.
         text_column: column holding the input text.
         label_column: column holding the label (a name, or an integer index into ``label_names``).
         label_names: the label set in id order; default: the dataset's class names, else the sorted training labels.
         validation_fraction: share of the training rows (after the test split) held out for validation when missing.
         test_fraction: share of the training rows held out for test when missing.
-        seed: seed of the split and of the training-batch order.
         max_length: longest tokenized input; longer ones are truncated (setup logs how many); capped at the
             backbone's positions.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
     """
 
     batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "class id per row",

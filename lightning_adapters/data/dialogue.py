@@ -2,11 +2,8 @@
 
 Rows are either a ``messages`` list in the Hugging Face chat format (``[{"role": "user", "content": ...}, ...]``, a
 JSON list or its JSON text in CSV) or a single exchange (``instruction`` column -> ``response`` column, plus an
-optional ``system_prompt``). A conversation is rendered with the tokenizer's chat template (or the documented
-`FALLBACK_TEMPLATE`) and cut, by rendering its prefixes, into segments: template text and user/system turns
-(label -100) and each assistant reply up to and including its end-of-turn token (trained). Each segment is tokenized
-on its own, so the assistant mask is exact by construction and the generation prompt (the conversation up to the
-final assistant header, `add_generation_prompt=True`) is token for token the prefix the model was trained on.
+optional ``system_prompt``), checked by `lightning_adapters.data.chat_format`; rendering and the assistant-only loss
+mask: `lightning_adapters.data.chat_encoding`.
 
 Unlike the classification DataModule the tokenizer is loaded in ``__init__``: template and length checks need it, and
 they must fail before Lightning creates a log folder.
@@ -14,16 +11,22 @@ they must fail before Lightning creates a log folder.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from jinja2 import TemplateError
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer
+from lightning_adapters.data.chat_encoding import ChatEncoder
+from lightning_adapters.data.chat_format import (
+    FALLBACK_TEMPLATE,
+    ROLES,
+    Dialogue,
+    Truncation,
+    check_turn_order,
+    parse_messages,
+)
 from lightning_adapters.data.generation_collator import GENERATION_BATCH_KEYS, GenerationCollator
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
 from lightning_adapters.data.readers import Table, is_missing
@@ -31,73 +34,11 @@ from lightning_adapters.data.source import read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
 
-ROLES = ("system", "user", "assistant")
-# Zephyr-style turns; the tokenizer's EOS ends each turn, so generation stops where a reply ends.
-FALLBACK_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token"
-                     " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
-Truncation = Literal["oldest_turns", "tokens", "none"]
-
-
-@dataclass
-class Dialogue:
-    messages: list[dict[str, str]]
-    where: str  # e.g. "train_file 'a.jsonl' line 3", for error messages
-    meta: dict[str, str] = field(default_factory=dict)
-    stratum: str = ""
-    row_id: Any = None  # the file's ``id`` value, else the 0-based row index (kept when carved into another split)
-
-
-def parse_messages(value: Any, where: str, aliases: dict[str, str]) -> list[dict[str, str]]:
-    """Check one row's turns: a non-empty list of {role, content}, roles known, contents non-empty."""
-    if hasattr(value, "tolist"):  # parquet list columns come back from pandas as numpy arrays
-        value = value.tolist()
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise UserInputError(f"{where}: messages is not a JSON list ({err.msg}) — write a list of "
-                                 "{role, content} objects") from err
-        except RecursionError as err:
-            raise UserInputError(f"{where}: messages nest too deeply — write a flat list of {{role, content}} "
-                                 "objects") from err
-    if is_missing(value) or (isinstance(value, list) and not value):
-        raise UserInputError(f"{where}: empty dialogue (no turns) — give at least a user and an assistant turn")
-    if not isinstance(value, list):
-        raise UserInputError(f"{where}: messages must be a list of {{role, content}} objects, found "
-                             f"{type(value).__name__} — fix the row")
-    turns = []
-    for number, turn in enumerate(value, 1):
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"),
-                                                                                                  str):
-            raise UserInputError(f"{where} turn {number}: expected an object with string 'role' and 'content' — "
-                                 "fix the row")
-        role = aliases.get(turn["role"], turn["role"])
-        if role not in ROLES:
-            raise UserInputError(f"{where} turn {number}: role '{turn['role']}' is not known to the chat template "
-                                 f"(use {', '.join(ROLES)}) — fix the row or map it with role_aliases")
-        if not turn["content"].strip():
-            raise UserInputError(f"{where} turn {number}: empty {role} content — fill it in or remove the turn")
-        turns.append({"role": role, "content": turn["content"]})
-    return turns
-
-
-def check_turn_order(turns: list[dict[str, str]], where: str, needs_reply: bool) -> None:
-    roles = [t["role"] for t in turns]
-    first_reply = roles.index("assistant") if "assistant" in roles else len(roles)
-    if "user" not in roles[:first_reply]:
-        raise UserInputError(f"{where}: no user turn before the first assistant turn — start with a user turn")
-    if needs_reply and roles[-1] != "assistant":
-        raise UserInputError(f"{where}: the dialogue ends with a {roles[-1]} turn — labelled data must end with the "
-                             "assistant reply to learn and score")
-    if roles[-1] == "system":
-        raise UserInputError(f"{where}: the dialogue ends with a system turn — end it with a user or assistant turn")
-
 
 class DialogueDataModule(SplitDataModule):
     """Chat fine-tuning data for decoder-only models: loss on assistant turns, generation from the final turn.
 
     Args:
-        tokenizer: backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model).
         train_file: training file (.jsonl/.json lines, .csv, .tsv, .parquet).
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
@@ -118,13 +59,7 @@ class DialogueDataModule(SplitDataModule):
             prompts on the left); ``none`` stops with an error naming the row.
         validation_fraction: share of the training rows (after the test split) held out for validation when missing.
         test_fraction: share of the training rows held out for test when missing.
-        seed: seed of the split and of the training-batch order.
         max_length: longest tokenized dialogue (and generation prompt).
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
     """
 
     batch_keys = GENERATION_BATCH_KEYS
@@ -203,72 +138,8 @@ class DialogueDataModule(SplitDataModule):
         return FALLBACK_TEMPLATE if choice == "fallback" else choice
 
     # ---- rendering, masking, truncation ---------------------------------------------------------------------
-    def render(self, turns: list[dict[str, str]], open_reply: bool, where: str) -> str:
-        try:
-            return self.tokenizer.apply_chat_template(turns, chat_template=self.template, tokenize=False,
-                                                      add_generation_prompt=open_reply)
-        except TemplateError as err:  # templates raise for turn orders they do not support
-            raise UserInputError(f"{where}: the chat template rejects this dialogue ({err}) — fix the row or "
-                                 "choose another chat_template") from err
-
-    def segments(self, turns: list[dict[str, str]], where: str) -> tuple[list[tuple[str, bool]], int]:
-        """(text, trained) pieces of the rendered dialogue, and the index of the piece that opens the final reply.
-
-        A dialogue ending with a user turn gets the generation header appended (a prompt for predict).
-        """
-        full = self.render(turns, turns[-1]["role"] != "assistant", where)
-        pieces, done = [], 0
-        for i, turn in enumerate(turns):
-            if turn["role"] != "assistant":
-                continue
-            start, end = self.render(turns[:i], True, where), self.render(turns[:i + 1], False, where)
-            if not (full.startswith(start) and full.startswith(end) and len(start) >= done):
-                raise UserInputError(f"{where}: the chat template does not render this dialogue turn by turn (an "
-                                     "earlier turn changes later) — use chat_template: fallback or a Jinja string")
-            reply = end[len(start):].rstrip()  # content + end-of-turn token; the newline after it is template text
-            pieces += [(full[done:len(start)], False), (reply, True)]
-            done = len(start) + len(reply)
-        pieces.append((full[done:], False))
-        return pieces, len(pieces) - 2 if turns[-1]["role"] == "assistant" else len(pieces)
-
-    def _tokens(self, turns: list[dict[str, str]], where: str) -> tuple[list[int], list[int], int]:
-        """input_ids, labels and the prompt length (tokens before the final reply) of one dialogue."""
-        pieces, final = self.segments(turns, where)
-        ids, labels, prompt = [], [], 0
-        for index, (text, trained) in enumerate(pieces):
-            if index == final:
-                prompt = len(ids)
-            piece = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-            ids += piece
-            labels += piece if trained else [-100] * len(piece)
-        return ids, labels, prompt if final < len(pieces) else len(ids)
-
-    def _fit(self, dialogue: Dialogue) -> tuple[list[int], list[int], int]:
-        turns = dialogue.messages
-        ids, labels, prompt = self._tokens(turns, dialogue.where)
-        first = 1 if turns[0]["role"] == "system" else 0
-        while len(ids) > self.max_length and self.truncation == "oldest_turns":
-            later = [i for i in range(first + 1, len(turns)) if turns[i]["role"] == "user"]
-            if not later:  # only the final exchange is left: its tokens are cut in _encode
-                break
-            turns = turns[:first] + turns[later[0]:]
-            ids, labels, prompt = self._tokens(turns, dialogue.where)
-        if len(ids) > self.max_length and self.truncation == "none":
-            raise UserInputError(f"{dialogue.where}: the dialogue is {len(ids)} tokens, longer than max_length="
-                                 f"{self.max_length} with truncation 'none' — raise max_length or set truncation")
-        return ids, labels, prompt
-
     def _encode(self, dialogue: Dialogue, split: str) -> dict[str, Any]:
-        ids, labels, prompt = self._fit(dialogue)
-        cut = self.max_length
-        if split != "predict" and all(label == -100 for label in labels[:cut]):
-            raise UserInputError(f"{dialogue.where}: no assistant token is left within max_length={cut} — raise "
-                                 "max_length or use truncation: oldest_turns")
-        last = dialogue.messages[-1]
-        return {"input_ids": ids[:cut], "labels": labels[:cut], "prompt_ids": ids[:prompt][-cut:],
-                "references": last["content"].strip() if last["role"] == "assistant" else None,
-                "source": next(t["content"] for t in reversed(dialogue.messages) if t["role"] == "user"),
-                "meta": {"id": dialogue.row_id, **dialogue.meta}}
+        return ChatEncoder(self.tokenizer, self.template, self.max_length, self.truncation).encode(dialogue, split)
 
     # ---- batching ------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

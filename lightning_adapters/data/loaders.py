@@ -18,7 +18,9 @@ and, where the split is labelled, the gold answer (``gold_label``, ``gold_tags``
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -138,6 +140,20 @@ class ResumableDataLoader(DataLoader):
         self.position["skip"] = state["train_batches_served"]
 
 
+# Help of the options every codec shares; `SplitDataModule.__init_subclass__` adds those a codec's ``Args:`` lacks.
+SHARED_ARGS = {
+    "tokenizer": "backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model).",
+    "hub_dataset": "Hugging Face dataset id (needs network); local files override its splits.",
+    "hub_config": "configuration name of ``hub_dataset``.",
+    "seed": "seed of the carved splits and of the training-batch order.",
+    "batch_size": "training batch size.",
+    "eval_batch_size": "validation/test/predict batch size (default: ``batch_size``).",
+    "num_workers": "data-loading worker processes.",
+    "group_by_length": "training batches of rows with similar token counts (less padding, faster epochs; the order is "
+                       "still seeded, exact on resume).",
+}
+
+
 class SplitDataModule(L.LightningDataModule):
     """Base of every DataModule here: loaders for the prepared splits; the training one seeded and resumable.
 
@@ -163,6 +179,11 @@ class SplitDataModule(L.LightningDataModule):
             from lightning_adapters.data.pack import build_pack_init
 
             build_pack_init(cls)
+        elif "__init__" in cls.__dict__ and "Args:" in (cls.__doc__ or ""):  # a codec: the shared options' help
+            documented = set(re.findall(r"^\s+(\w+):", cls.__doc__, re.MULTILINE))
+            shared = [name for name in inspect.signature(cls.__init__).parameters
+                      if name in SHARED_ARGS and name not in documented]
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + "".join(f"        {n}: {SHARED_ARGS[n]}\n" for n in shared)
 
     def keep_options(self, tokenizer: str, seed: int, batch_size: int, eval_batch_size: int | None, num_workers: int,
                      group_by_length: bool, validation_fraction: float = 0.0, test_fraction: float = 0.0,
