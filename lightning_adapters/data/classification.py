@@ -19,7 +19,7 @@ from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.data.lengths import count_truncated, fit_max_length
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
 from lightning_adapters.data.readers import Table, column_labels, column_texts, infer_label_names, label_ids
-from lightning_adapters.data.source import load_hub_splits, read_splits, read_table
+from lightning_adapters.data.source import hub_tables, read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
 
@@ -81,7 +81,7 @@ class TextClassificationDataModule(SplitDataModule):
                           validation_fraction, test_fraction, max_length=(max_length, 1, math.inf))
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
         self.text_column, self.label_column, self.max_length = text_column, label_column, max_length
-        hub, class_names = self._read_hub(hub_dataset, hub_config) if hub_dataset else ({}, None)
+        hub, class_names = hub_tables(hub_dataset, hub_config, label_column) if hub_dataset else ({}, None)
         files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         tables = read_splits(files, lambda path, source, split: self.read_table(path, source), hub)
         self.label_names: list[str] = self._label_names(tables, label_names, class_names)
@@ -101,19 +101,6 @@ class TextClassificationDataModule(SplitDataModule):
     def read_table(self, path: Path, source: str) -> Table:
         """Read one local file by its extension; packs override this to add formats."""
         return read_table(path, source)
-
-    def _read_hub(self, name: str, config: str | None) -> tuple[dict[str, Table], list[str] | None]:
-        import datasets
-
-        tables, class_names = {}, None
-        for split_name, (source, split) in load_hub_splits(name, config).items():
-            columns = {column: split[column] for column in split.column_names}
-            feature = split.features.get(self.label_column)
-            if isinstance(feature, datasets.ClassLabel):  # ints -> the dataset's own names, whatever label_names is
-                class_names = list(feature.names)
-                columns[self.label_column] = [feature.int2str(int(v)) for v in columns[self.label_column]]
-            tables[split_name] = Table(source, columns, list(range(1, len(split) + 1)), "row")
-        return tables, class_names
 
     def _label_names(self, tables: dict[str, Table], given: list[str] | None, class_names: list[str] | None
                      ) -> list[str]:

@@ -73,7 +73,18 @@ def load_hub_splits(name: str, config: str | None, local_hint: str = "local file
             for split_name, split in loaded.items() if split_name in HUB_SPLITS}
 
 
-def hub_tables(name: str, config: str | None) -> dict[str, Table]:
-    """A Hub dataset's splits as tables (rows numbered from 1)."""
-    return {split: with_rows(Table(source, dataset.to_dict(), list(range(1, len(dataset) + 1)), "row"))
-            for split, (source, dataset) in load_hub_splits(name, config).items()}
+def hub_tables(name: str, config: str | None, class_column: str | None = None
+               ) -> tuple[dict[str, Table], list[str] | None]:
+    """A Hub dataset's splits as tables (rows numbered from 1), and the class names of ``class_column`` when it is a
+    ``ClassLabel`` (its integers are then read as those names, whatever label names the user gives)."""
+    import datasets
+
+    tables, class_names = {}, None
+    for split, (source, dataset) in load_hub_splits(name, config).items():
+        columns = {column: dataset[column] for column in dataset.column_names}
+        feature = dataset.features.get(class_column) if class_column else None
+        if isinstance(feature, datasets.ClassLabel):
+            class_names = list(feature.names)
+            columns[class_column] = [feature.int2str(int(v)) for v in columns[class_column]]
+        tables[split] = with_rows(Table(source, columns, list(range(1, len(dataset) + 1)), "row"))
+    return tables, class_names

@@ -88,7 +88,7 @@ class SummarizationDataModule(SplitDataModule):
         self.label_names = None  # generation has no label set
         files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         tables = read_splits(files, lambda path, source, split: self.read_table(path, source),
-                             hub_tables(hub_dataset, hub_config) if hub_dataset else None,
+                             hub_tables(hub_dataset, hub_config)[0] if hub_dataset else None,
                              nothing="no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
         self.splits = {split: self.examples(table, split) for split, table in tables.items()}
         carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction}, seed)
