@@ -3,8 +3,13 @@
 from lightning_adapters.callbacks import EarlyStopping, JsonlPredictionWriter
 from lightning_adapters.checkpoint import load_adapter, save_adapter
 from lightning_adapters.composition import Parallel, Stack
-from lightning_adapters.data import TextClassificationDataModule
-from lightning_adapters.dialogue_data import DialogueDataModule
+from lightning_adapters.data import (
+    DialogueDataModule,
+    QADataModule,
+    SummarizationDataModule,
+    TextClassificationDataModule,
+    TokenClassificationDataModule,
+)
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import (
     ClassificationHead,
@@ -14,9 +19,7 @@ from lightning_adapters.heads import (
     TokenClassificationHead,
 )
 from lightning_adapters.module import AdapterModule
-from lightning_adapters.qa_data import QADataModule
 from lightning_adapters.registry import register_adapter_class
-from lightning_adapters.seq2seq_data import SummarizationDataModule
 from lightning_adapters.strategies import (
     IA3,
     AdapterFusion,
@@ -27,7 +30,6 @@ from lightning_adapters.strategies import (
     PromptTuning,
     Strategy,
 )
-from lightning_adapters.token_data import TokenClassificationDataModule
 
 __all__ = ["IA3", "AdapterFusion", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule",
            "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora", "Parallel",

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
 from lightning_adapters.checkpoint import ADAPTER_FILES, save_adapter
 from lightning_adapters.errors import UserInputError, first_line
+from lightning_adapters.heads import ClassificationHead
 from lightning_adapters.module import CHECKPOINT_KEY, AdapterModule
 from lightning_adapters.progress import LineProgress
 
@@ -95,6 +96,7 @@ class AdaptersCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if not sys.stderr.isatty():  # transformers' weight-loading bar, redrawn in place, garbles a log file
             transformers.utils.logging.disable_progress_bar()
+        check_head_fits_data(self.config[self.subcommand] if self.subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         try:
@@ -202,6 +204,27 @@ class AdaptersCLI(LightningCLI):
             described += f"; source and license: tasks/{pack}/DATA_CARD.md"
         card = {"data": described, "command": " ".join(["lightning-adapters", *sys.argv[1:]])}
         return card | ({"metrics": metrics} if metrics else {})
+
+
+def check_head_fits_data(config) -> None:
+    """Refuse a head that reads a batch key its data does not produce (``TaskHead.reads`` against the DataModule's
+    ``batch_keys``), from the class paths alone: before a backbone or a dataset is loaded. Undeclared: not checked."""
+    from jsonargparse import Namespace
+    from jsonargparse._util import import_object
+
+    model, data = config.get("model"), config.get("data")
+    if not isinstance(model, Namespace) or not isinstance(data, Namespace) or "head" not in model.get("init_args", {}):
+        return
+    head = model.init_args.head
+    head_class = import_object(head.class_path) if head is not None else ClassificationHead  # AdapterModule's default
+    data_class = import_object(data.class_path)
+    produced = getattr(data_class, "batch_keys", {})
+    for key, meaning in getattr(head_class, "reads", {}).items():
+        if produced and produced.get(key) != meaning:
+            gives = f"gives it as {produced[key]}" if key in produced else "has no such key"
+            raise UserInputError(f"{head_class.__name__} does not fit {data_class.__name__}: the head reads batch key "
+                                 f"'{key}' ({meaning}), the data {gives} — pick the head of that data's task "
+                                 "(--model.init_args.head) or data for this head (--data)")
 
 
 def cpu_has_bf16() -> bool:

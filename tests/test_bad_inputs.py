@@ -25,10 +25,10 @@ from transformers import AutoModel
 from lightning_adapters import JsonlPredictionWriter
 from lightning_adapters.backbone import load_model, resolve
 from lightning_adapters.cli import main
-from lightning_adapters.conll import read_conll
 from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.data.conll_format import read_conll
+from lightning_adapters.data.token_classification import TokenClassificationDataModule
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.token_data import TokenClassificationDataModule
 
 LABELS = ["negative", "neutral", "positive"]
 

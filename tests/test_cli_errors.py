@@ -168,3 +168,16 @@ def test_checkpoints_that_are_not_ours_or_do_not_match_are_refused_before_anythi
                                "--model.init_args.strategy", "lightning_adapters.Lora"])
     assert "checkpoint does not match this model" in line
     assert sorted((workdir / "runs" / "tiny").iterdir()) == runs and (runs[-1] / "config.yaml").read_bytes() == saved
+
+
+@pytest.mark.parametrize(("head", "data", "needle"), [
+    ("lightning_adapters.ClassificationHead", "lightning_adapters.tasks.squad.SquadDataModule", "'labels'"),
+    ("lightning_adapters.TokenClassificationHead", "lightning_adapters.TextClassificationDataModule",
+     "'labels' (tag id per token), the data gives it as class id per row"),
+    ("lightning_adapters.GenerationHead", "lightning_adapters.tasks.conll2003.Conll2003DataModule", "'labels'"),
+])
+def test_a_head_that_does_not_fit_its_data_is_refused_before_loading(workdir, model_dirs, capsys, head, data, needle):  # noqa: F811, E501
+    config = write_config(workdir, model_dirs["bert"])
+    line = error_line(capsys, ["fit", "--config", str(config), "--model.init_args.head", head, "--data", data])
+    assert "does not fit" in line and needle in line and "--model.init_args.head" in line
+    assert not (workdir / "ckpt").exists()

@@ -20,9 +20,9 @@ from conftest import CONFIGS, DATA_ROOT
 from transformers import BertTokenizerFast
 
 from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.data.loaders import LengthGroupedSampler
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.classification import ClassificationHead
-from lightning_adapters.loading import LengthGroupedSampler
 from lightning_adapters.tasks.customer_service import CustomerServiceDataModule
 from lightning_adapters.tasks.finance_sentiment import LABEL_NAMES, FinanceSentimentDataModule, read_phrasebank_txt
 

@@ -17,7 +17,7 @@ from strategy_table import pick
 
 from lightning_adapters import AdapterModule, JsonlPredictionWriter, Lora
 from lightning_adapters.cli import main
-from lightning_adapters.dialogue_data import FALLBACK_TEMPLATE, DialogueDataModule
+from lightning_adapters.data.dialogue import FALLBACK_TEMPLATE, DialogueDataModule
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.generation import GenerationHead
 from lightning_adapters.tasks.customer_support_replies import SAMPLE_DIR, CustomerSupportRepliesDataModule
@@ -88,7 +88,7 @@ def test_smollm2_masks_and_prompts_match_its_chat_template():
     assert tok.chat_template  # the GGUF file carries SmolLM2's ChatML template
     data = DialogueDataModule.__new__(DialogueDataModule)  # only the encoder: no files needed
     data.tokenizer, data.template, data.max_length, data.truncation = tok, tok.chat_template, 512, "none"
-    from lightning_adapters.dialogue_data import Dialogue
+    from lightning_adapters.data.dialogue import Dialogue
 
     item = data._encode(Dialogue(DIALOGUE, "row 1"), "test")
     assert item["input_ids"] == tok.apply_chat_template(DIALOGUE, tokenize=True)["input_ids"]
@@ -220,7 +220,7 @@ def test_cli_bad_dialogue_exits_2_with_one_line_and_writes_nothing(tmp_path, mod
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "configs/customer_support_replies/lora.yaml"), "--model.init_args.backbone",
-              model_dirs["llama"], "--data", "lightning_adapters.dialogue_data.DialogueDataModule",
+              model_dirs["llama"], "--data", "lightning_adapters.data.dialogue.DialogueDataModule",
               "--data.init_args.train_file", bad])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1

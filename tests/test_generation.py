@@ -21,8 +21,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generation
 
 from lightning_adapters import AdapterModule, Lora, PromptTuning, UserInputError
 from lightning_adapters.checkpoint import load_adapter, save_adapter
+from lightning_adapters.data.summarization import SummarizationDataModule
 from lightning_adapters.heads.generation import GenerationHead
-from lightning_adapters.seq2seq_data import SummarizationDataModule
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity, split_sentences
 
 LM_FAMILIES = ["gpt2", "llama", "t5"]

@@ -19,12 +19,12 @@ from strategy_table import pick
 
 from lightning_adapters import AdapterModule, load_adapter
 from lightning_adapters.cli import main
-from lightning_adapters.conll import read_conll, to_iob2
+from lightning_adapters.data.conll_format import read_conll, to_iob2
+from lightning_adapters.data.token_classification import TokenClassificationDataModule, TokenCollator, align
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.token_classification import EntityF1, TokenClassificationHead, decode_entities
 from lightning_adapters.tasks.conll2003 import Conll2003DataModule
 from lightning_adapters.tasks.finance_ner import FinanceNerDataModule
-from lightning_adapters.token_data import TokenClassificationDataModule, TokenCollator, align
 
 TRAIN = """-DOCSTART- -X- O O
 

@@ -15,12 +15,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_adapters import AdapterModule, Lora
 from lightning_adapters.data import TextClassificationDataModule
+from lightning_adapters.data.qa_features import QACollator, example_meta
+from lightning_adapters.data.squad_format import QAExample
+from lightning_adapters.data.token_classification import TokenClassificationDataModule
 from lightning_adapters.heads import ClassificationHead, TokenClassificationHead
 from lightning_adapters.heads.base import EpochMetrics
-from lightning_adapters.qa_data import QACollator, example_meta
-from lightning_adapters.squad_format import QAExample
 from lightning_adapters.text_metrics import BLEU, Perplexity
-from lightning_adapters.token_data import TokenClassificationDataModule
 
 LABELS = ["negative", "positive"]
 TEXTS = ["profit rose", "sales fell", "shares grew", "loss weak", "net profit rose", "price cut"]

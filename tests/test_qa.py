@@ -17,11 +17,12 @@ from strategy_table import pick
 
 from lightning_adapters import AdapterModule, load_adapter
 from lightning_adapters.cli import main
+from lightning_adapters.data.qa_features import answer_tokens
+from lightning_adapters.data.question_answering import QADataModule
+from lightning_adapters.data.splits import held_out
+from lightning_adapters.data.squad_format import parse_squad
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.question_answering import QuestionAnsweringHead
-from lightning_adapters.qa_data import QADataModule, answer_tokens
-from lightning_adapters.splits import held_out
-from lightning_adapters.squad_format import parse_squad
 from lightning_adapters.squad_metric import (
     SquadMetric,
     best_spans,

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from lightning_adapters.data.splits import carve_missing_splits, held_out
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.splits import carve_missing_splits, held_out
 
 KEYS = ["a"] * 10 + ["b"] * 4 + ["c"] * 6
 

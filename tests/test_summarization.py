@@ -12,8 +12,8 @@ from conftest import build_tokenizer
 from test_generation import lm_dirs  # noqa: F401 — the session fixture of tiny LMs with their LM heads
 
 from lightning_adapters.cli import main
+from lightning_adapters.data.summarization import SummarizationDataModule, truncate_source
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.seq2seq_data import SummarizationDataModule, truncate_source
 from lightning_adapters.tasks.dialogsum import DialogSumDataModule
 from lightning_adapters.tasks.ectsum import ECTSumDataModule, numeric_sentences
 

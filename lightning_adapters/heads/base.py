@@ -46,6 +46,9 @@ class TaskHead(nn.Module):
 
     auto_class: ClassVar[type] = AutoModel
     uses_tokenizer: ClassVar[bool] = False  # True: build() receives the backbone's tokenizer (e.g. to decode text)
+    # Batch keys this head reads -> what each holds; the data side declares the keys it produces (``batch_keys``) and
+    # the CLI refuses a head/data pair that does not match, before anything loads. Empty: nothing declared.
+    reads: ClassVar[dict[str, str]] = {}
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
         """The part of the loaded model this head runs (all of it by default)."""

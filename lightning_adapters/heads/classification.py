@@ -78,6 +78,8 @@ class ClassificationHead(TaskHead):
             DataModule (through ``AdapterModule(label_counts=...)``).
     """
 
+    reads = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "class id per row"}
+
     def __init__(self, pooling: Pooling = "auto", dropout: float = 0.1,
                  class_weights: list[float] | Literal["balanced"] | None = None,
                  label_counts: list[int] | None = None) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PretrainedConfig
 
 from lightning_adapters.backbone import is_decoder_only
+from lightning_adapters.data.generation_collator import GenerationCollator  # noqa: F401 — moved to the data side
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, with_meta
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity
@@ -81,6 +82,9 @@ class GenerationHead(TaskHead):
 
     auto_class = AutoModelForGeneration
     uses_tokenizer = True
+    reads = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "target token ids",
+             "prompt_input_ids": "prompt token ids", "prompt_attention_mask": "prompt token mask",
+             "references": "reference texts", "sources": "source texts"}
 
     def __init__(self, max_new_tokens: int = 64, num_beams: int = 1, length_penalty: float = 1.0,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, no_repeat_ngram_size: int = 0,
@@ -190,36 +194,3 @@ class GenerationHead(TaskHead):
                 row["reference"] = reference
             rows.append(row)
         return with_meta(rows, batch)
-
-
-class GenerationCollator:
-    """Pads encoded examples into the batch contract above (decoder-only prompts on the left, the rest on the right).
-
-    Items hold ``input_ids`` and ``labels`` (lists of ids; decoder-only also ``prompt_ids``), plus the texts
-    ``source``, ``references`` and a ``meta`` dict; ``evaluation`` adds the prompt and text fields to the batch.
-    """
-
-    def __init__(self, pad_token_id: int, decoder_only: bool, evaluation: bool) -> None:
-        self.pad_token_id, self.decoder_only, self.evaluation = pad_token_id, decoder_only, evaluation
-
-    @staticmethod
-    def pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
-        width = max(len(row) for row in rows)
-        return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = [item["input_ids"] for item in items]
-        batch = {"input_ids": self.pad(ids, self.pad_token_id),
-                 "attention_mask": self.pad([[1] * len(i) for i in ids], 0),
-                 "labels": self.pad([item["labels"] for item in items], -100)}
-        if not self.evaluation:
-            return batch
-        if self.decoder_only:
-            prompts = [item["prompt_ids"] for item in items]
-            batch["prompt_input_ids"] = self.pad(prompts, self.pad_token_id, left=True)
-            batch["prompt_attention_mask"] = self.pad([[1] * len(p) for p in prompts], 0, left=True)
-        references = [item["references"] for item in items]
-        batch["references"] = None if any(r is None for r in references) else references
-        batch["sources"] = [item["source"] for item in items]
-        batch["meta"] = [item.get("meta") or {} for item in items]
-        return batch

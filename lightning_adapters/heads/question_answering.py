@@ -32,6 +32,12 @@ class QuestionAnsweringHead(TaskHead):
         dropout: dropout on the hidden states during training (BERT's QA head uses none).
     """
 
+    reads = {"input_ids": "token ids", "attention_mask": "token mask", "context_mask": "context token mask",
+             "start_positions": "answer start token", "end_positions": "answer end token",
+             "offsets": "token character offsets", "example_index": "question index per window",
+             "id": "question ids", "question": "question texts", "context": "context texts",
+             "answers": "gold answer texts"}
+
     def __init__(self, max_answer_length: int = 30, n_best: int = 5, dropout: float = 0.0) -> None:
         super().__init__()
         if max_answer_length < 1 or n_best < 1:

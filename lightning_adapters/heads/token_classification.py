@@ -114,6 +114,9 @@ class TokenClassificationHead(TaskHead):
         dropout: dropout on the hidden states during training.
     """
 
+    reads = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "tag id per token",
+             "word_positions": "token index per word", "word_labels": "tag id per word", "words": "row words"}
+
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
         self.dropout = check_dropout(dropout)

@@ -11,7 +11,7 @@ documented, configurable steps:
    split it keeps 2,001 tokens on average, up to 5,045); a transcript with no such sentence is kept whole. ``none``
    keeps every sentence.
 2. ``truncation`` of what is left to ``max_source_length`` tokens: ``head`` (default), ``tail``, ``head_tail``, or
-   ``none`` to refuse longer inputs with an error naming the row (see `lightning_adapters.seq2seq_data`).
+   ``none`` to refuse longer inputs with an error naming the row (see `lightning_adapters.data.summarization`).
 
 Sources: nothing -> the small fictional sample we wrote in ``sample/`` (ECTSum's JSONL schema: ``id``,
 ``transcript``, ``summary``); ``data_dir`` -> an ECTSum folder with ``ectsum_test.jsonl``, ``ectsum_val.jsonl`` and, if
@@ -27,11 +27,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data import SummarizationDataModule
+from lightning_adapters.data.pack import Pack
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.seq2seq_data import SummarizationDataModule, Truncation
 
-SAMPLE_DIR = Path(__file__).parent / "sample"
 PROMPT = "Summarize the key financial results of this earnings call as short bullet points.\n\n{source}\n\nSummary:"
 _DIGIT = re.compile(r"\d")
 
@@ -42,63 +41,38 @@ def numeric_sentences(transcript: str) -> str:
     return "\n".join(kept) if kept else transcript
 
 
-def ectsum_files(data_dir: str) -> dict[str, str]:
-    folder = dataset_folder(data_dir, "ECTSum", "ectsum")
+def ectsum_files(folder: Path, options: dict[str, Any]) -> dict[str, str]:
+    """Train/validation/test files; without ectsum_train.jsonl, training on the validation calls."""
     if not (folder / "ectsum_test.jsonl").is_file() or not (folder / "ectsum_val.jsonl").is_file():
-        raise UserInputError(f"data_dir '{data_dir}' has no ectsum_val.jsonl and ectsum_test.jsonl — pass the "
+        raise UserInputError(f"data_dir '{folder}' has no ectsum_val.jsonl and ectsum_test.jsonl — pass the "
                              "ECTSum folder")
     if (folder / "ectsum_train.jsonl").is_file():
-        return {"train": str(folder / "ectsum_train.jsonl"), "validation": str(folder / "ectsum_val.jsonl"),
-                "test": str(folder / "ectsum_test.jsonl")}
-    return {"train": str(folder / "ectsum_val.jsonl"), "test": str(folder / "ectsum_test.jsonl")}
+        return {"train_file": str(folder / "ectsum_train.jsonl"), "validation_file": str(folder / "ectsum_val.jsonl"),
+                "test_file": str(folder / "ectsum_test.jsonl")}
+    return {"train_file": str(folder / "ectsum_val.jsonl"), "test_file": str(folder / "ectsum_test.jsonl")}
+
+
+def check_sentence_filter(options: dict[str, Any]) -> None:
+    if options["sentence_filter"] not in ("numeric", "none"):
+        raise UserInputError(f"unknown sentence_filter '{options['sentence_filter']}' — use numeric or none")
 
 
 class ECTSumDataModule(SummarizationDataModule):
-    """ECTSum earnings-call bullet summaries; without arguments, the bundled sample.
+    """ECTSum earnings-call bullet summaries; without arguments, the bundled sample."""
 
-    Args:
-        data_dir: ECTSum folder (default: the bundled sample).
-        tokenizer: backbone whose tokenizer is used (the CLI links it from the model).
-        predict_file: transcripts to summarise (JSONL with a ``transcript`` column); the test split when missing.
-        sentence_filter: ``numeric`` keeps only sentences with a digit before truncation; ``none`` keeps all.
-        prompt_template: text around the transcript, with a ``{source}`` field.
-        chat_template: decoder-only: wrap the prompt as a user turn in the tokenizer's chat template.
-        max_source_length: most transcript tokens after the sentence filter.
-        max_target_length: most summary tokens (EOS included).
-        truncation: ``head``, ``tail``, ``head_tail`` or ``none`` (longer transcripts are an error).
-        validation_fraction: share of the training calls held out for validation when there is no train file.
-        max_rows: use only the first N training rows; None: all.
-        max_eval_rows: use only the first N validation/test/predict rows; None: all.
-        seed: seed of the held-out split and of the training-batch order.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
-    """
-
-    def __init__(self, data_dir: str | None = None, tokenizer: str = "smollm2", predict_file: str | None = None,
-                 sentence_filter: Literal["numeric", "none"] = "numeric", prompt_template: str = PROMPT,
-                 chat_template: bool = False, max_source_length: int = 1024, max_target_length: int = 128,
-                 truncation: Truncation = "head", validation_fraction: float = 0.1, max_rows: int | None = None,
-                 max_eval_rows: int | None = None, seed: int = 42, batch_size: int = 2,
-                 eval_batch_size: int | None = None, num_workers: int = 0,
-                 group_by_length: bool = False) -> None:
-        if sentence_filter not in ("numeric", "none"):
-            raise UserInputError(f"unknown sentence_filter '{sentence_filter}' — use numeric or none")
-        self.sentence_filter, self.data_dir = sentence_filter, data_dir
-        files = ectsum_files(data_dir) if data_dir is not None else {
-            split: str(SAMPLE_DIR / f"ectsum_{name}.jsonl")
-            for split, name in (("train", "train"), ("validation", "val"), ("test", "test"))}
-        super().__init__(tokenizer=tokenizer, train_file=files["train"], validation_file=files.get("validation"),
-                         test_file=files["test"], predict_file=predict_file, source_column="transcript",
-                         target_column="summary", id_column="id", prompt_template=prompt_template,
-                         chat_template=chat_template, max_source_length=max_source_length,
-                         max_target_length=max_target_length, truncation=truncation,
-                         validation_fraction=validation_fraction, test_fraction=0, max_rows=max_rows,
-                         max_eval_rows=max_eval_rows, seed=seed, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         group_by_length=group_by_length)
+    pack = Pack(
+        "ECTSum", layout=ectsum_files, prepare=check_sentence_filter,
+        sample={"train_file": "ectsum_train.jsonl", "validation_file": "ectsum_val.jsonl",
+                "test_file": "ectsum_test.jsonl"},
+        fixed={"source_column": "transcript", "target_column": "summary", "id_column": "id", "test_fraction": 0},
+        defaults={"prompt_template": PROMPT, "max_source_length": 1024, "batch_size": 2},
+        options={"sentence_filter": (Literal["numeric", "none"], "numeric")},
+        docs={"sentence_filter": "``numeric`` keeps only sentences with a digit before truncation; ``none`` keeps all.",
+              "predict_file": "transcripts to summarise (JSONL with a ``transcript`` column); the test split when "
+                              "missing.",
+              "max_source_length": "most transcript tokens after the sentence filter.",
+              "validation_fraction": "share of the training calls held out for validation when there is no "
+                                     "validation file."})
 
     def encode(self, row: dict[str, Any]) -> dict[str, Any]:
         if self.sentence_filter == "none":

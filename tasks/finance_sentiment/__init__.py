@@ -14,16 +14,15 @@ The data are CC BY-NC-SA 3.0: non-commercial use only (see DATA_CARD.md).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning_adapters.data import TextClassificationDataModule
-from lightning_adapters.data_location import dataset_folder
+from lightning_adapters.data.pack import Pack
+from lightning_adapters.data.readers import Table
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.readers import Table
 
 LABEL_NAMES = ["negative", "neutral", "positive"]
 HUB_DATASET = "takala/financial_phrasebank"
-SAMPLE_DIR = Path(__file__).parent / "sample"
 _ORIGINAL_NAMES = {"allagree": "AllAgree", "75agree": "75Agree", "66agree": "66Agree", "50agree": "50Agree"}
 
 
@@ -52,78 +51,45 @@ def read_phrasebank_txt(path: str | Path, source: str | None = None, text_column
     return Table(source, {text_column: sentences, label_column: labels}, lines)
 
 
-def phrasebank_file(data_dir: str, agreement: str) -> str:
-    """The file of one agreement level in a Financial PhraseBank folder: the UTF-8 CSV, else the original txt."""
-    folder = dataset_folder(data_dir, "Financial PhraseBank", "finance_sentiment")
+def phrasebank_files(folder: Path, options: dict[str, Any]) -> dict[str, str]:
+    """The file of the chosen agreement level in a Financial PhraseBank folder: the UTF-8 CSV, else the original
+    txt (no official split: test and validation are carved from it)."""
+    agreement = options["agreement"]
     csv_file = folder / f"sentences_{agreement}.csv"
-    txt_file = folder / "original" / f"Sentences_{_ORIGINAL_NAMES[agreement]}.txt"
+    txt_file = folder / "original" / f"Sentences_{_ORIGINAL_NAMES.get(agreement, agreement)}.txt"
     for candidate in (csv_file, txt_file):
         if candidate.is_file():
-            return str(candidate)
-    raise UserInputError(f"data_dir '{data_dir}' holds neither {csv_file.name} nor original/{txt_file.name} — pass "
+            return {"train_file": str(candidate)}
+    raise UserInputError(f"data_dir '{folder}' holds neither {csv_file.name} nor original/{txt_file.name} — pass "
                          "the Financial PhraseBank folder")
 
 
+def check_agreement(options: dict[str, Any]) -> None:
+    if options["agreement"] not in _ORIGINAL_NAMES:
+        raise UserInputError(f"unknown agreement '{options['agreement']}' — use one of {', '.join(_ORIGINAL_NAMES)}")
+    if options["hub_dataset"] == HUB_DATASET and options["hub_config"] is None:
+        options["hub_config"] = f"sentences_{options['agreement']}"
+
+
 class FinanceSentimentDataModule(TextClassificationDataModule):
-    """Financial PhraseBank sentiment (negative, neutral, positive); without arguments, the bundled sample.
+    """Financial PhraseBank sentiment (negative, neutral, positive); without arguments, the bundled sample."""
 
-    Args:
-        data_dir: Financial PhraseBank folder (default: the bundled sample, which has its own splits).
-        agreement: annotator-agreement level to read: ``allagree`` (100%), ``75agree``, ``66agree``, ``50agree``.
-        tokenizer: backbone whose tokenizer is used (the CLI links it from the model).
-        train_file: a file instead of ``data_dir`` (.csv/.tsv/.jsonl/.parquet with ``text_column``/``label_column``
-            columns, or an original ``sentence@label`` .txt file).
-        validation_file: validation file; carved from the training rows when missing.
-        test_file: test file; carved from the training rows when missing.
-        predict_file: sentences to predict (a ``text_column`` column); the test split when missing.
-        hub_dataset: ``takala/financial_phrasebank`` for online users.
-        hub_config: its configuration (default: ``sentences_<agreement>``).
-        text_column: column holding the sentence (default ``sentence``; the PhraseBank files use it).
-        label_column: column holding the label.
-        label_names: the label set in id order (default: negative, neutral, positive); set it for a file with other
-            labels (e.g. bearish, bullish).
-        validation_fraction: share of the rows left after the test split held out for validation.
-        test_fraction: share of the rows held out for test when there is no test file (0.2: an 80/20 split).
-        seed: seed of the split and of the training-batch order.
-        max_length: longest tokenized input; longer ones are truncated.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
-    """
-
-    def __init__(self, data_dir: str | None = None,
-                 agreement: Literal["allagree", "75agree", "66agree", "50agree"] = "allagree",
-                 tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
-                 test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
-                 hub_config: str | None = None, text_column: str = "sentence", label_column: str = "label",
-                 label_names: list[str] | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.2,
-                 seed: int = 42, max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0,
-                 group_by_length: bool = False) -> None:
-        if agreement not in _ORIGINAL_NAMES:
-            raise UserInputError(f"unknown agreement '{agreement}' — use one of {', '.join(_ORIGINAL_NAMES)}")
-        given = [name for name, value in (("data_dir", data_dir), ("train_file", train_file),
-                                          ("hub_dataset", hub_dataset)) if value is not None]
-        if len(given) > 1:
-            raise UserInputError(f"pass only one of {' and '.join(given)} — each is a full source of training data")
-        if data_dir is not None:
-            train_file = phrasebank_file(data_dir, agreement)
-        elif not given:  # the bundled sample: it ships its own validation and test splits
-            train_file = str(SAMPLE_DIR / "train.csv")
-            validation_file = validation_file or str(SAMPLE_DIR / "validation.csv")
-            test_file = test_file or str(SAMPLE_DIR / "test.csv")
-        if hub_dataset == HUB_DATASET and hub_config is None:
-            hub_config = f"sentences_{agreement}"
-        super().__init__(tokenizer=tokenizer, train_file=train_file, validation_file=validation_file,
-                         test_file=test_file, predict_file=predict_file, hub_dataset=hub_dataset, hub_config=hub_config,
-                         text_column=text_column, label_column=label_column, label_names=label_names or LABEL_NAMES,
-                         validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
-                         max_length=max_length, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         num_workers=num_workers,
-                         group_by_length=group_by_length)
-        self.data_dir, self.agreement = data_dir, agreement
+    pack = Pack(
+        "Financial PhraseBank", layout=phrasebank_files, prepare=check_agreement,
+        sample={"train_file": "train.csv", "validation_file": "validation.csv", "test_file": "test.csv"},
+        defaults={"text_column": "sentence", "label_names": LABEL_NAMES, "test_fraction": 0.2},
+        options={"agreement": (Literal["allagree", "75agree", "66agree", "50agree"], "allagree")},
+        docs={"data_dir": "Financial PhraseBank folder (default: the bundled sample, which has its own splits).",
+              "agreement": "annotator-agreement level to read: ``allagree`` (100%), ``75agree``, ``66agree``, "
+                           "``50agree``.",
+              "train_file": "a file instead of ``data_dir`` (.csv/.tsv/.jsonl/.parquet with ``text_column``/"
+                            "``label_column`` columns, or an original ``sentence@label`` .txt file).",
+              "hub_dataset": f"``{HUB_DATASET}`` for online users.",
+              "hub_config": "its configuration (default: ``sentences_<agreement>``).",
+              "label_names": "the label set in id order; set it for a file with other labels (e.g. bearish, "
+                             "bullish).",
+              "test_fraction": "share of the rows held out for test when there is no test file (0.2: an 80/20 "
+                               "split)."})
 
     def read_table(self, path: Path, source: str) -> Table:
         if path.suffix.lower() == ".txt":  # the original Financial PhraseBank format

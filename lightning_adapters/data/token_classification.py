@@ -1,14 +1,7 @@
 """Token classification (NER) data from CoNLL files or the Hub: read and check eagerly, align labels, pad per batch.
 
-Sub-word alignment. Each sentence is tokenized as its words joined by single spaces (the text that predictions
-report character spans in); every token is mapped to the word holding its first non-space character through the
-fast tokenizer's offsets, which works for WordPiece, byte-level BPE and SentencePiece alike. ``label_subwords``
-picks which tokens carry a word's label in the loss: ``first`` (the rest get -100, the default, as in BERT's NER
-setup), ``last`` (better for causal decoders, whose last sub-word has read the whole word) or ``all`` (continuation
-sub-words of ``B-X`` get ``I-X``). The word's prediction is read at its first sub-word (``last``: its last).
-Batches carry ``word_positions`` (that token index per word, -1 for a word cut off by ``max_length``) and
-``word_labels`` (the word-level gold tags, -100 padding), so metrics are computed on words, the unit seqeval and
-conlleval score: truncated words count as predicted ``O``.
+Sub-word alignment and the token batch: `lightning_adapters.data.token_alignment`; CoNLL files, tagging schemes and
+the tag set: `lightning_adapters.data.conll_format`.
 """
 
 from __future__ import annotations
@@ -16,66 +9,24 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.conll import SCHEMES, Scheme, Sentence, label_set, read_conll, read_hub, split_tag, to_iob2
-from lightning_adapters.data import check_limits, existing_file, fit_max_length
+from lightning_adapters.data.conll_format import (
+    SCHEMES,
+    Scheme,
+    Sentence,
+    check_tag_names,
+    read_conll,
+    read_hub,
+    tag_names,
+)
+from lightning_adapters.data.lengths import fit_max_length
+from lightning_adapters.data.loaders import SplitDataModule
+from lightning_adapters.data.source import read_splits
+from lightning_adapters.data.splits import carve_missing_splits
+from lightning_adapters.data.token_alignment import TokenCollator, align
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import SplitDataModule
-from lightning_adapters.splits import carve_missing_splits
-
-SPLITS = ("train", "validation", "test", "predict")
-
-
-def align(words: list[str], offsets: list[tuple[int, int]]) -> tuple[list[int], list[list[int]]]:
-    """Per token the index of its word (-1: special or space-only token), and per word its token indices."""
-    owner = np.full(sum(len(w) for w in words) + len(words), -1)
-    start = 0
-    for index, word in enumerate(words):
-        owner[start:start + len(word)] = index
-        start += len(word) + 1
-    text = " ".join(words)
-    token_words, word_tokens = [], [[] for _ in words]
-    for position, (begin, end) in enumerate(offsets):
-        chars = [c for c in range(begin, end) if not text[c].isspace()]
-        word = int(owner[chars[0]]) if chars else -1
-        token_words.append(word)
-        if word >= 0:
-            word_tokens[word].append(position)
-    return token_words, word_tokens
-
-
-class TokenCollator:
-    """Pads input_ids/attention_mask (tokenizer's pad token and side), labels with -100 on the same side, and the
-    word-level tensors on the right; ``word_positions`` are shifted by any left padding. Prediction batches
-    (``with_words``) also carry the ``words`` and each sentence's ``meta`` (id, gold tags)."""
-
-    def __init__(self, tokenizer, with_words: bool = False) -> None:
-        self.tokenizer, self.with_words = tokenizer, with_words
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        inputs = [{"input_ids": it["input_ids"], "attention_mask": it["attention_mask"]} for it in items]
-        batch = dict(self.tokenizer.pad(inputs, return_tensors="pt"))
-        width, left = batch["input_ids"].shape[1], self.tokenizer.padding_side == "left"
-        words = max(len(it["word_positions"]) for it in items)
-        positions = torch.full((len(items), words), -1, dtype=torch.long)
-        word_labels = torch.full((len(items), words), -100, dtype=torch.long)
-        labels = torch.full((len(items), width), -100, dtype=torch.long)
-        for row, item in enumerate(items):
-            shift = width - len(item["input_ids"]) if left else 0
-            pos = torch.tensor(item["word_positions"], dtype=torch.long)
-            positions[row, :len(pos)] = torch.where(pos >= 0, pos + shift, pos)
-            if "labels" in item:
-                labels[row, shift:shift + len(item["labels"])] = torch.tensor(item["labels"])
-                word_labels[row, :len(pos)] = torch.tensor(item["word_labels"])
-        batch.update(word_positions=positions, word_labels=word_labels, labels=labels)
-        if self.with_words:
-            batch["words"] = [item["words"] for item in items]
-            batch["meta"] = [item.get("meta") or {} for item in items]
-        return batch
 
 
 class TokenClassificationDataModule(SplitDataModule):
@@ -89,8 +40,6 @@ class TokenClassificationDataModule(SplitDataModule):
         predict_file: sentences to tag, CoNLL format (only the first column is read); the test split when missing.
             Prediction rows hold the sentence ``id`` (its 0-based index in its file or Hub split) and, on a labelled
             split, ``gold_tags`` (IOB2).
-        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
-        hub_config: configuration name of ``hub_dataset``.
         tokens_field: Hub dataset column holding the word lists.
         tags_field: Hub dataset column holding the tags (names, ClassLabel ids, or ids into ``label_names``).
         tag_column: column of the tag in CoNLL files (0 is the token; negative counts from the end).
@@ -99,16 +48,13 @@ class TokenClassificationDataModule(SplitDataModule):
         label_subwords: which sub-words of a word carry its label: ``first``, ``last`` or ``all``.
         validation_fraction: share of the training documents (``-DOCSTART-`` sections; else sentences) held out for
             validation when there is no validation file.
-        seed: seed of the validation split and of the training-batch order.
         max_length: longest tokenized sentence; words past it are cut off (and count as predicted ``O``); capped at the
             backbone's positions.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
     """
 
+    batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "tag id per token",
+                  "word_positions": "token index per word", "word_labels": "tag id per word", "words": "row words",
+                  "meta": "row meta"}
     carved_splits = ("validation",)  # a test split is never carved: NER test sets are fixed
 
     def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
@@ -120,29 +66,21 @@ class TokenClassificationDataModule(SplitDataModule):
                  num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), max_length=(max_length, 2, math.inf),
-                     batch_size=(batch_size, 1, math.inf), eval_batch_size=(eval_batch_size, 1, math.inf),
-                     num_workers=(num_workers, 0, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, max_length=(max_length, 2, math.inf))
         if scheme not in SCHEMES:
             raise UserInputError(f"unknown scheme '{scheme}' — use one of {', '.join(SCHEMES)}")
         if label_subwords not in ("first", "last", "all"):
             raise UserInputError(f"unknown label_subwords '{label_subwords}' — use first, last or all")
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
-        self.tokenizer_name, self.scheme, self.label_subwords = tokenizer, scheme, label_subwords
+        self.scheme, self.label_subwords, self.max_length = scheme, label_subwords, max_length
         self.tokens_field, self.tags_field, self.tag_column = tokens_field, tags_field, tag_column
-        self.validation_fraction, self.seed, self.max_length = validation_fraction, seed, max_length
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.group_by_length = group_by_length
-        given = self._check_label_names(label_names)
-        self.splits: dict[str, list[Sentence]] = (
-            read_hub(hub_dataset, hub_config, tokens_field, tags_field, given) if hub_dataset else {})
-        for split, name in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if name is not None:
-                path = existing_file(f"{split}_file", name)
-                self.splits[split] = read_conll(path, f"{split}_file '{name}'",
-                                                None if split == "predict" else tag_column)
-        self.label_names: list[str] = self._label_names(given)
+        given = check_tag_names(label_names)
+        hub = read_hub(hub_dataset, hub_config, tokens_field, tags_field, given) if hub_dataset else None
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        self.splits: dict[str, list[Sentence]] = read_splits(files, lambda path, source, split: read_conll(
+            path, source, None if split == "predict" else tag_column), hub)
+        self.label_names: list[str] = tag_names(self.splits, given, scheme)
         # Sentence ids are taken before carving moves sentences between splits; (source, line) names a sentence.
         self.sentence_ids = {(s.source, s.line): s.line - 1 if s.hub else index
                              for sentences in self.splits.values() for index, s in enumerate(sentences)}
@@ -164,36 +102,6 @@ class TokenClassificationDataModule(SplitDataModule):
                            f"{documents} training documents (whole documents)")
         else:
             carve_missing_splits(self.splits, {"validation": fraction}, seed, unit="training sentences")
-
-    @staticmethod
-    def _check_label_names(names: list[str] | None) -> list[str] | None:
-        if names is None:
-            return None
-        if not names or len(set(names)) != len(names):
-            raise UserInputError(f"label_names must be a non-empty list of distinct tags, got {names} — fix it")
-        for name in names:
-            split_tag(str(name), "label_names")
-        if "O" not in names:
-            raise UserInputError(f"label_names {names} lack 'O' — add the outside tag")
-        return [str(name) for name in names]
-
-    def _label_names(self, given: list[str] | None) -> list[str]:
-        """Normalise every labelled split to IOB2 and check its tags against the label set."""
-        labelled = [s for split, sentences in self.splits.items() if split != "predict" for s in sentences]
-        for sentence in labelled:
-            sentence.tags = to_iob2(sentence.tags, self.scheme, sentence.where)
-        if given is None:
-            if "train" not in self.splits:
-                raise UserInputError("no training data to take the label names from — pass train_file (or "
-                                     "hub_dataset), or label_names")
-            given = label_set([s.tags for s in self.splits["train"]])
-        known = set(given)
-        for sentence in labelled:
-            bad = next((i for i, tag in enumerate(sentence.tags) if tag not in known), None)
-            if bad is not None:
-                raise UserInputError(f"{sentence.where(bad)}: tag '{sentence.tags[bad]}' is not in label_names "
-                                     f"{given} — add it or fix the tag")
-        return given
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def encode(self, sentence: Sentence) -> dict[str, Any]:

@@ -146,24 +146,6 @@ READERS = {".csv": read_delimited, ".tsv": partial(read_delimited, delimiter="\t
            ".json": read_jsonl, ".parquet": read_parquet}
 
 
-HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
-
-
-def load_hub_splits(name: str, config: str | None, local_hint: str = "local files") -> dict[str, tuple[str, Any]]:
-    """``{split: (source description, datasets.Dataset)}`` for a Hub dataset's train/validation/test splits
-    (``valid``/``dev`` become ``validation``; other splits are ignored). Needs the network."""
-    import datasets
-
-    try:
-        loaded = datasets.load_dataset(name, config)
-    except Exception as err:  # offline, unknown id, bad config...: all fixed by the user
-        reason = first_line(err)
-        raise UserInputError(f"cannot load hub dataset '{name}' (config {config}): {reason} — check the id and "
-                             f"config, or pass {local_hint}") from err
-    return {HUB_SPLITS[split_name]: (f"hub dataset '{name}' split '{split_name}'", split)
-            for split_name, split in loaded.items() if split_name in HUB_SPLITS}
-
-
 def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 

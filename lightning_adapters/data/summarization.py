@@ -1,109 +1,33 @@
 """Source -> target text data (summarisation) from JSONL/CSV/TSV/parquet files or the Hub, in the generation batch
 contract of `lightning_adapters.heads.generation`.
 
-Decoder-only models read ``prompt + target + EOS`` with labels on ``target + EOS`` only; the prompt is
-``prompt_template`` filled with the source (optionally wrapped in the tokenizer's chat template), and evaluation
-batches also carry the LEFT-padded prompt alone, for ``generate()``. Encoder-decoders read the filled template and
-predict the target.
-
-Long sources: ``max_source_length`` bounds the *source* tokens (the template, the target and special tokens come on
-top). ``truncation`` decides what happens beyond it: ``head`` keeps the first tokens, ``tail`` the last, ``head_tail``
-the first half and the last half (joined by `` ... ``; Sun et al. 2019, https://arxiv.org/abs/1905.05583, found
-head+tail best for long documents), ``none`` refuses the input with an error naming the row. The cut is made on the
-tokenizer's character offsets, so the kept text is the original text, never a decode of token ids.
-Targets longer than ``max_target_length`` tokens are cut (the EOS stays).
+Encoding (prompt template, decoder-only vs encoder-decoder, source truncation on character offsets):
+`lightning_adapters.data.seq2seq_encoding`. ``max_source_length`` bounds the *source* tokens (the template, the
+target and special tokens come on top); targets longer than ``max_target_length`` tokens are cut (the EOS stays).
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_adapters.backbone import is_decoder_only, load_tokenizer, resolve
-from lightning_adapters.data import SPLITS, check_limits, existing_file
+from lightning_adapters.backbone import load_tokenizer
+from lightning_adapters.data.generation_collator import GENERATION_BATCH_KEYS, GenerationCollator
+from lightning_adapters.data.loaders import ID_COLUMN, SplitDataModule, row_ids
+from lightning_adapters.data.readers import Table, is_missing
+from lightning_adapters.data.seq2seq_encoding import (
+    Truncation,
+    check_template,
+    decoder_only_backbone,
+    encode_example,
+    truncate_source,
+)
+from lightning_adapters.data.source import hub_tables, read_splits, read_table
+from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads.generation import GenerationCollator
-from lightning_adapters.loading import ID_COLUMN, SplitDataModule, row_ids
-from lightning_adapters.readers import READERS, Table, is_missing, load_hub_splits
-from lightning_adapters.splits import carve_missing_splits
-
-Truncation = Literal["head", "tail", "head_tail", "none"]
-_GGUF_STRING = 8
-
-
-def decoder_only_backbone(name: str) -> bool:
-    """Whether backbone ``name`` is a decoder-only LM, read from its config.json or its GGUF header.
-
-    A GGUF file starts with its ``general.architecture`` string; reading just that is instant, while parsing the
-    whole file (as ``AutoConfig`` does) takes tens of seconds. Only ``t5`` GGUFs are encoder-decoders.
-    """
-    source = resolve(name)
-    if source.gguf_file:
-        with open(Path(source.path) / source.gguf_file, "rb") as file:
-            magic, _, _, _ = struct.unpack("<4sIQQ", file.read(24))
-            (key_length,) = struct.unpack("<Q", file.read(8))
-            key = file.read(key_length)
-            (kind,) = struct.unpack("<I", file.read(4))
-            if magic == b"GGUF" and key == b"general.architecture" and kind == _GGUF_STRING:
-                (length,) = struct.unpack("<Q", file.read(8))
-                return file.read(length).decode() not in ("t5", "t5encoder")
-    from transformers import AutoConfig
-
-    return is_decoder_only(AutoConfig.from_pretrained(source.path, **source.kwargs()))
-
-
-def check_template(template: str) -> None:
-    """``template`` must hold a ``{source}`` field and no other (literal braces are written ``{{ }}``)."""
-    if "{source}" not in template:
-        raise UserInputError(f"prompt_template {template!r} has no {{source}} field — add one")
-    try:
-        template.format(source="")
-    except (KeyError, IndexError, ValueError) as err:
-        raise UserInputError(f"prompt_template {template!r} has a field other than {{source}} ({err}) — write "
-                             "literal braces as {{ and }}") from err
-
-
-def truncate_source(text: str, tokenizer, max_tokens: int, mode: str, where: str) -> str:
-    """``text`` cut to at most ``max_tokens`` tokens (module docstring), on character offsets of the original text."""
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"]
-    if len(offsets) <= max_tokens:
-        return text
-    if mode == "none":
-        raise UserInputError(f"{where}: the source has {len(offsets)} tokens, more than max_source_length="
-                             f"{max_tokens}, and truncation is 'none' — raise max_source_length (within the model's "
-                             "context) or set truncation to head, tail or head_tail")
-    if mode == "head":
-        return text[:offsets[max_tokens - 1][1]]
-    if mode == "tail":
-        return text[offsets[len(offsets) - max_tokens][0]:]
-    head = max(1, (max_tokens - 1) // 2)  # one token's room for the " ... " joint
-    tail = max(1, max_tokens - 1 - head)
-    return text[:offsets[head - 1][1]] + " ... " + text[offsets[len(offsets) - tail][0]:]
-
-
-def encode_example(tokenizer, prompt: str, target: str | None, max_target_length: int, decoder_only: bool,
-                   special_tokens: bool) -> dict[str, Any]:
-    """Token ids of one example: decoder-only ``prompt + target + EOS`` with labels on ``target + EOS``;
-    encoder-decoder ``prompt`` -> ``target`` (the tokenizer adds its own end token)."""
-    if not decoder_only:
-        labels = [] if target is None else tokenizer(text_target=target)["input_ids"]
-        if len(labels) > max_target_length:
-            labels = labels[:max_target_length - 1] + labels[-1:]  # keep the end token
-        return {"input_ids": tokenizer(prompt)["input_ids"], "labels": labels}
-    prompt_ids = tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
-    target_ids = []
-    if target is not None:
-        # The model writes the target after the prompt: a space first where the prompt does not end in whitespace.
-        spaced = target if not prompt or prompt[-1].isspace() else " " + target
-        target_ids = tokenizer(spaced, add_special_tokens=False)["input_ids"][:max_target_length - 1]
-        target_ids.append(tokenizer.eos_token_id)
-    return {"input_ids": prompt_ids + target_ids, "labels": [-100] * len(prompt_ids) + target_ids,
-            "prompt_ids": prompt_ids}
 
 
 class SummarizationDataModule(SplitDataModule):
@@ -116,8 +40,6 @@ class SummarizationDataModule(SplitDataModule):
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
         predict_file: sources to generate for (targets optional); the test split when missing.
-        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
-        hub_config: configuration name of ``hub_dataset``.
         source_column: column holding the input text.
         target_column: column holding the target text (the training target).
         reference_columns: columns holding evaluation references (several: ROUGE takes the best one); a split
@@ -135,13 +57,9 @@ class SummarizationDataModule(SplitDataModule):
         test_fraction: share of the training rows held out when there is no test file.
         max_rows: use only the first N training rows (quick runs, CPU benchmarks); None: all.
         max_eval_rows: use only the first N rows of the validation, test and predict splits; None: all.
-        seed: seed of the carved splits and the training-batch order.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
     """
+
+    batch_keys = GENERATION_BATCH_KEYS
 
     def __init__(self, tokenizer: str = "smollm2", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
@@ -154,31 +72,24 @@ class SummarizationDataModule(SplitDataModule):
                  num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
-                     max_source_length=(max_source_length, 1, math.inf), batch_size=(batch_size, 1, math.inf),
-                     max_target_length=(max_target_length, 2, math.inf), num_workers=(num_workers, 0, math.inf),
-                     eval_batch_size=(eval_batch_size, 1, math.inf), max_rows=(max_rows or 1, 1, math.inf),
-                     max_eval_rows=(max_eval_rows or 1, 1, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, test_fraction, max_source_length=(max_source_length, 1, math.inf),
+                          max_target_length=(max_target_length, 2, math.inf), max_rows=(max_rows or 1, 1, math.inf),
+                          max_eval_rows=(max_eval_rows or 1, 1, math.inf))
         if truncation not in ("head", "tail", "head_tail", "none"):
             raise UserInputError(f"unknown truncation '{truncation}' — use head, tail, head_tail or none")
         if prompt_template is not None:
             check_template(prompt_template)
-        self.tokenizer_name, self.source_column, self.target_column = tokenizer, source_column, target_column
+        self.source_column, self.target_column = source_column, target_column
         self.reference_columns = list(reference_columns) if reference_columns else [target_column]
         self.id_column, self.prompt_template, self.chat_template = id_column, prompt_template, chat_template
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
-        self.truncation, self.max_rows, self.max_eval_rows, self.seed = truncation, max_rows, max_eval_rows, seed
-        self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.group_by_length = group_by_length
+        self.truncation, self.max_rows, self.max_eval_rows = truncation, max_rows, max_eval_rows
         self.label_names = None  # generation has no label set
-        tables = self.read_hub(hub_dataset, hub_config) if hub_dataset else {}
-        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if path is not None:
-                tables[split] = self.read_table(existing_file(f"{split}_file", path), f"{split}_file '{path}'")
-        if not tables:
-            raise UserInputError("no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        tables = read_splits(files, lambda path, source, split: self.read_table(path, source),
+                             hub_tables(hub_dataset, hub_config)[0] if hub_dataset else None,
+                             nothing="no data — pass train_file (and/or validation/test/predict files) or hub_dataset")
         self.splits = {split: self.examples(table, split) for split, table in tables.items()}
         carve_missing_splits(self.splits, {"test": test_fraction, "validation": validation_fraction}, seed)
         # The tokenizer is needed now: length checks (truncation 'none') must fail before Lightning writes anything.
@@ -192,21 +103,12 @@ class SummarizationDataModule(SplitDataModule):
         self._datasets = {split: [self.encode(row) for row in rows] for split, rows in self.splits.items()}
 
     # ---- reading and checking (all in __init__) ----------------------------------------------------------------
-    def read_table(self, path, source: str) -> Table:
+    def read_table(self, path: Path, source: str) -> Table:
         """Read one local file by its extension; packs override this to add formats."""
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise UserInputError(f"unsupported file type '{path.suffix}' for {source} — use {', '.join(READERS)}")
-        return reader(path, source)
-
-    def read_hub(self, name: str, config: str | None) -> dict[str, Table]:
-        return {split: Table(source, dataset.to_dict(), list(range(1, len(dataset) + 1)), "row")
-                for split, (source, dataset) in load_hub_splits(name, config).items()}
+        return read_table(path, source)
 
     def examples(self, table: Table, split: str) -> list[dict[str, Any]]:
         """Checked rows: ``source``, ``target`` (None when predicting without one), ``references``, ``meta``."""
-        if not table.lines:
-            raise UserInputError(f"{table.source} is empty (no data rows) — pass a file with rows")
         limit = self.max_rows if split == "train" else self.max_eval_rows
         count = len(table.lines) if limit is None else min(limit, len(table.lines))
         sources = table.column(self.source_column, "source_column")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lightning_adapters.data.source import load_hub_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.readers import load_hub_splits
 
 Scheme = Literal["auto", "IOB1", "IOB2", "IO"]
 SCHEMES = ("auto", "IOB1", "IOB2", "IO")
@@ -162,3 +162,36 @@ def read_hub(name: str, config: str | None, tokens_field: str, tags_field: str,
                 sentences.append(Sentence([str(w) for w in words], [str(t) for t in tags], row, source, hub=True))
         splits[split_name] = sentences
     return splits
+
+
+def check_tag_names(names: list[str] | None) -> list[str] | None:
+    """``label_names`` given for token classification: distinct IOB2 tags, ``O`` among them."""
+    if names is None:
+        return None
+    if not names or len(set(names)) != len(names):
+        raise UserInputError(f"label_names must be a non-empty list of distinct tags, got {names} — fix it")
+    for name in names:
+        split_tag(str(name), "label_names")
+    if "O" not in names:
+        raise UserInputError(f"label_names {names} lack 'O' — add the outside tag")
+    return [str(name) for name in names]
+
+
+def tag_names(splits: dict[str, list[Sentence]], given: list[str] | None, scheme: str) -> list[str]:
+    """Normalise every labelled split to IOB2 and check its tags against the label set (default: the training
+    tags)."""
+    labelled = [s for split, sentences in splits.items() if split != "predict" for s in sentences]
+    for sentence in labelled:
+        sentence.tags = to_iob2(sentence.tags, scheme, sentence.where)
+    if given is None:
+        if "train" not in splits:
+            raise UserInputError("no training data to take the label names from — pass train_file (or "
+                                 "hub_dataset), or label_names")
+        given = label_set([s.tags for s in splits["train"]])
+    known = set(given)
+    for sentence in labelled:
+        bad = next((i for i, tag in enumerate(sentence.tags) if tag not in known), None)
+        if bad is not None:
+            raise UserInputError(f"{sentence.where(bad)}: tag '{sentence.tags[bad]}' is not in label_names "
+                                 f"{given} — add it or fix the tag")
+    return given

@@ -16,84 +16,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import DataCollatorWithPadding
 
 from lightning_adapters.backbone import load_tokenizer, resolve
+from lightning_adapters.data.lengths import count_truncated, fit_max_length
+from lightning_adapters.data.loaders import SplitDataModule, row_ids
+from lightning_adapters.data.readers import Table, column_labels, column_texts, infer_label_names, label_ids
+from lightning_adapters.data.source import hub_tables, read_splits, read_table
+from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.loading import (  # noqa: F401 — EpochShuffleSampler: re-export
-    EpochShuffleSampler,
-    SplitDataModule,
-    row_ids,
-)
-from lightning_adapters.readers import (
-    READERS,
-    Table,
-    column_labels,
-    column_texts,
-    infer_label_names,
-    label_ids,
-    load_hub_splits,
-)
-from lightning_adapters.splits import carve_missing_splits
-
-SPLITS = ("train", "validation", "test", "predict")
-
-
-def check_limits(**limits: tuple[float, float, float]) -> None:
-    """``name=(value, low, high)``: raise a one-line error unless ``low <= value < high``."""
-    for name, (value, low, high) in limits.items():
-        if not low <= value < high:
-            raise UserInputError(f"{name}={value} is out of range — use a value >= {low}"
-                                 + (f" and < {high}" if high < math.inf else ""))
-
-
-def existing_file(option: str, name: str) -> Path:
-    """The path of option ``option``, which must name an existing file."""
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise UserInputError(f"{option} not found: '{name}' — pass an existing file")
-    return path
-
-
-# Position ids of these models start after the pad id (RoBERTa's padding_idx + 1): that many fewer usable positions.
-_PAD_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "longformer",
-                     "data2vec-text", "mpnet", "ibert"}
-
-
-def position_limit(name: str, tokenizer) -> int | None:
-    """The longest input backbone ``name`` takes: its position table and its tokenizer's ``model_max_length``,
-    whichever is smaller; None when neither says (relative positions, as in T5)."""
-    from transformers import AutoConfig
-
-    unset = getattr(tokenizer, "model_max_length", None) is None or tokenizer.model_max_length >= 1_000_000  # 1e30
-    limits = [] if unset else [tokenizer.model_max_length]
-    try:
-        source = resolve(name)
-        config = AutoConfig.from_pretrained(source.path, trust_remote_code=False, **source.kwargs())
-    except Exception:  # noqa: BLE001 — no readable config (offline hub id, custom code): the tokenizer's limit holds
-        config = None
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in _PAD_OFFSET_TYPES else 0
-        limits.append(positions - offset)
-    return min(limits) if limits else None
-
-
-def fit_max_length(max_length: int, name: str, tokenizer) -> int:
-    """``max_length``, capped at what the backbone takes (longer inputs fail inside the model with a tensor-size
-    error), with a note when it is capped."""
-    limit = position_limit(name, tokenizer)
-    if limit is None or max_length <= limit:
-        return max_length
-    rank_zero_info(f"max_length={max_length} is more than the {limit} positions backbone '{name}' takes: "
-                   f"using max_length={limit}")
-    return limit
-
-
-def count_truncated(tokenizer, texts: list[str], truncated: list[list[int]], max_length: int) -> int:
-    """How many ``texts`` were cut to fit ``max_length`` (only those that reached it are tokenized again)."""
-    full = [text for text, ids in zip(texts, truncated, strict=True) if len(ids) >= max_length]
-    if not full:
-        return 0
-    return sum(len(ids) > max_length for ids in tokenizer(full, verbose=False)["input_ids"])
-
 
 Split = tuple[list[str], list[int] | None, list[Any]]  # texts, label ids (None: unlabelled), row ids
 
@@ -124,28 +52,22 @@ class TextClassificationDataModule(SplitDataModule):
     """Sequence classification from CSV/TSV/JSONL/parquet files or a Hub dataset.
 
     Args:
-        tokenizer: backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model).
         train_file: training file (.csv, .tsv, .jsonl/.json lines, .parquet).
         validation_file: validation file; carved from the training rows when missing.
         test_file: test file; carved from the training rows when missing.
         predict_file: texts to predict (a label column is optional); the test split when missing. Prediction rows
             hold ``id`` (the file's ``id`` column, else the 0-based row index) and, given labels, ``gold_label``.
-        hub_dataset: Hugging Face dataset id (needs network); local files override its splits.
-        hub_config: configuration name of ``hub_dataset``.
         text_column: column holding the input text.
         label_column: column holding the label (a name, or an integer index into ``label_names``).
         label_names: the label set in id order; default: the dataset's class names, else the sorted training labels.
         validation_fraction: share of the training rows (after the test split) held out for validation when missing.
         test_fraction: share of the training rows held out for test when missing.
-        seed: seed of the split and of the training-batch order.
         max_length: longest tokenized input; longer ones are truncated (setup logs how many); capped at the
             backbone's positions.
-        batch_size: training batch size.
-        eval_batch_size: validation/test/predict batch size (default: ``batch_size``).
-        num_workers: data-loading worker processes.
-        group_by_length: training batches of rows with similar token counts (less padding, faster epochs; the
-            order is still seeded, exact on resume).
     """
+
+    batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "class id per row",
+                  "text": "row texts", "meta": "row meta"}
 
     def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
@@ -155,23 +77,13 @@ class TextClassificationDataModule(SplitDataModule):
                  num_workers: int = 0,
                  group_by_length: bool = False) -> None:
         super().__init__()
-        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
-        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1),
-                     max_length=(max_length, 1, math.inf), batch_size=(batch_size, 1, math.inf),
-                     eval_batch_size=(eval_batch_size, 1, math.inf), num_workers=(num_workers, 0, math.inf))
+        self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
+                          validation_fraction, test_fraction, max_length=(max_length, 1, math.inf))
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
-        self.tokenizer_name, self.text_column, self.label_column = tokenizer, text_column, label_column
-        self.validation_fraction, self.test_fraction, self.seed = validation_fraction, test_fraction, seed
-        self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
-        self.group_by_length = group_by_length
-        self.eval_batch_size = eval_batch_size
-        tables, class_names = self._read_hub(hub_dataset, hub_config) if hub_dataset else ({}, None)
-        for split, path in zip(SPLITS, (train_file, validation_file, test_file, predict_file), strict=True):
-            if path is not None:
-                tables[split] = self._read_file(f"{split}_file", path)
-        for table in tables.values():
-            if not table.lines:
-                raise UserInputError(f"{table.source} is empty (no data rows) — pass data with a header and rows")
+        self.text_column, self.label_column, self.max_length = text_column, label_column, max_length
+        hub, class_names = hub_tables(hub_dataset, hub_config, label_column) if hub_dataset else ({}, None)
+        files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
+        tables = read_splits(files, lambda path, source, split: self.read_table(path, source), hub)
         self.label_names: list[str] = self._label_names(tables, label_names, class_names)
         self.splits: dict[str, Split] = {
             split: self._examples(table, labelled=split != "predict") for split, table in tables.items()}
@@ -188,27 +100,7 @@ class TextClassificationDataModule(SplitDataModule):
     # ---- reading and checking (all in __init__) ----------------------------------------------------------------
     def read_table(self, path: Path, source: str) -> Table:
         """Read one local file by its extension; packs override this to add formats."""
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise UserInputError(f"unsupported file type '{path.suffix}' for {source} — use "
-                                 f"{', '.join(READERS)}")
-        return reader(path, source)
-
-    def _read_file(self, option: str, name: str) -> Table:
-        return self.read_table(existing_file(option, name), f"{option} '{name}'")
-
-    def _read_hub(self, name: str, config: str | None) -> tuple[dict[str, Table], list[str] | None]:
-        import datasets
-
-        tables, class_names = {}, None
-        for split_name, (source, split) in load_hub_splits(name, config).items():
-            columns = {column: split[column] for column in split.column_names}
-            feature = split.features.get(self.label_column)
-            if isinstance(feature, datasets.ClassLabel):  # ints -> the dataset's own names, whatever label_names is
-                class_names = list(feature.names)
-                columns[self.label_column] = [feature.int2str(int(v)) for v in columns[self.label_column]]
-            tables[split_name] = Table(source, columns, list(range(1, len(split) + 1)), "row")
-        return tables, class_names
+        return read_table(path, source)
 
     def _label_names(self, tables: dict[str, Table], given: list[str] | None, class_names: list[str] | None
                      ) -> list[str]:

@@ -18,17 +18,28 @@ and, where the split is labelled, the gold answer (``gold_label``, ``gold_tags``
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_adapters.data.readers import is_missing
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.readers import is_missing
 
 ID_COLUMN = "id"  # a column of this name holds the rows' own ids
+
+
+def check_limits(**limits: tuple[float, float, float]) -> None:
+    """``name=(value, low, high)``: raise a one-line error unless ``low <= value < high``."""
+    for name, (value, low, high) in limits.items():
+        if not low <= value < high:
+            raise UserInputError(f"{name}={value} is out of range — use a value >= {low}"
+                                 + (f" and < {high}" if high < math.inf else ""))
 
 
 def row_ids(columns: dict[str, list[Any]], count: int, id_column: str | None = None) -> list[Any]:
@@ -129,6 +140,20 @@ class ResumableDataLoader(DataLoader):
         self.position["skip"] = state["train_batches_served"]
 
 
+# Help of the options every codec shares; `SplitDataModule.__init_subclass__` adds those a codec's ``Args:`` lacks.
+SHARED_ARGS = {
+    "tokenizer": "backbone alias, folder or hub id whose tokenizer is used (the CLI links it from the model).",
+    "hub_dataset": "Hugging Face dataset id (needs network); local files override its splits.",
+    "hub_config": "configuration name of ``hub_dataset``.",
+    "seed": "seed of the carved splits and of the training-batch order.",
+    "batch_size": "training batch size.",
+    "eval_batch_size": "validation/test/predict batch size (default: ``batch_size``).",
+    "num_workers": "data-loading worker processes.",
+    "group_by_length": "training batches of rows with similar token counts (less padding, faster epochs; the order is "
+                       "still seeded, exact on resume).",
+}
+
+
 class SplitDataModule(L.LightningDataModule):
     """Base of every DataModule here: loaders for the prepared splits; the training one seeded and resumable.
 
@@ -145,6 +170,34 @@ class SplitDataModule(L.LightningDataModule):
     group_by_length: bool = False  # training batches of similar length (`LengthGroupedSampler`)
     carved_splits: tuple[str, ...] = ("validation", "test")  # splits a <split>_fraction can carve from train
     label_counts: list[int] | None = None  # training rows per label where labels are classes (the CLI links it)
+    # Batch keys this data produces -> what each holds (heads declare what they read: ``TaskHead.reads``).
+    batch_keys: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "pack" in cls.__dict__:  # a domain pack's declaration: its __init__ is built from it
+            from lightning_adapters.data.pack import build_pack_init
+
+            build_pack_init(cls)
+        elif "__init__" in cls.__dict__ and "Args:" in (cls.__doc__ or ""):  # a codec: the shared options' help
+            documented = set(re.findall(r"^\s+(\w+):", cls.__doc__, re.MULTILINE))
+            shared = [name for name in inspect.signature(cls.__init__).parameters
+                      if name in SHARED_ARGS and name not in documented]
+            cls.__doc__ = cls.__doc__.rstrip() + "\n" + "".join(f"        {n}: {SHARED_ARGS[n]}\n" for n in shared)
+
+    def keep_options(self, tokenizer: str, seed: int, batch_size: int, eval_batch_size: int | None, num_workers: int,
+                     group_by_length: bool, validation_fraction: float = 0.0, test_fraction: float = 0.0,
+                     **limits: tuple[float, float, float]) -> None:
+        """Check the options every codec shares, and the codec's own ``limits`` (``name=(value, low, high)``), in one
+        place; keep them as attributes of the same names."""
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        check_limits(validation_fraction=(validation_fraction, 0, 1), test_fraction=(test_fraction, 0, 1), **limits,
+                     batch_size=(batch_size, 1, math.inf), eval_batch_size=(eval_batch_size, 1, math.inf),
+                     num_workers=(num_workers, 0, math.inf))
+        self.tokenizer_name, self.seed, self.batch_size, self.eval_batch_size = tokenizer, seed, batch_size, \
+            eval_batch_size
+        self.num_workers, self.group_by_length = num_workers, group_by_length
+        self.validation_fraction, self.test_fraction = validation_fraction, test_fraction
 
     def collator(self, stage: str) -> Callable:
         """The collate function of ``stage`` (``train``, ``validation``, ``test`` or ``predict``)."""

@@ -1,0 +1,35 @@
+"""The data side: where rows come from, how a task family turns them into batches, and the domain packs' records.
+
+- `source`: the rows of each split — a pack's bundled sample, a ``data_dir`` layout, split files or a Hub dataset —
+  read once and checked once; missing validation/test splits carved by `splits`.
+- codecs, one per task family (check -> encode -> collate), each declaring the batch keys it produces
+  (``batch_keys``; each head declares the keys it reads): `classification`, `token_classification`,
+  `question_answering`, `summarization`, `dialogue`.
+- `pack`: a domain pack as a record (source defaults, columns, label set, codec, data card).
+- file formats: `readers` (CSV/TSV/JSONL/parquet tables), `conll_format`, `squad_format`; `loaders`: resumable,
+  seeded data loaders.
+"""
+
+from lightning_adapters.data.classification import TextClassificationDataModule, TextCollator
+from lightning_adapters.data.dialogue import DialogueDataModule
+from lightning_adapters.data.lengths import count_truncated, fit_max_length, position_limit
+from lightning_adapters.data.loaders import (
+    EpochShuffleSampler,
+    LengthGroupedSampler,
+    SplitDataModule,
+    check_limits,
+    row_ids,
+)
+from lightning_adapters.data.question_answering import QADataModule
+from lightning_adapters.data.readers import READERS, Table
+from lightning_adapters.data.source import SPLITS, existing_file, read_splits, read_table
+from lightning_adapters.data.summarization import SummarizationDataModule
+from lightning_adapters.data.token_classification import TokenClassificationDataModule
+
+ClassificationDataModule = TextClassificationDataModule  # the family's name, as the heads spell it
+
+__all__ = ["READERS", "SPLITS", "ClassificationDataModule", "DialogueDataModule", "EpochShuffleSampler",
+           "LengthGroupedSampler", "QADataModule", "SplitDataModule", "SummarizationDataModule", "Table",
+           "TextClassificationDataModule", "TextCollator", "TokenClassificationDataModule", "check_limits",
+           "count_truncated", "existing_file", "fit_max_length", "position_limit", "read_splits", "read_table",
+           "row_ids"]
