@@ -40,6 +40,20 @@ def test_experiment_config_parses(config, capsys):
     assert "class_path: lightning_adapters" in capsys.readouterr().out
 
 
+def test_configs_spell_each_class_path_as_the_cli_writes_it_back():
+    """One spelling: the import path jsonargparse records in a run's config.yaml, so a saved config reads the same."""
+    from importlib import import_module
+
+    from jsonargparse._util import get_import_path
+
+    written = {}
+    for config in sorted((REPO / "configs").rglob("*.yaml")):
+        for path in re.findall(r"class_path:\s*([\w.]+)", config.read_text()):
+            module, _, name = path.rpartition(".")
+            written[f"{config.relative_to(REPO)}: {path}"] = get_import_path(getattr(import_module(module), name))
+    assert written and {where: where.split(": ")[1] for where in written} == written
+
+
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda p: p.name)
 def test_strategy_fragment_composes_with_a_pack_config(fragment, capsys):
     with pytest.raises(SystemExit):
