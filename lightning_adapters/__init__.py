@@ -1,7 +1,7 @@
 """lightning-adapters: parameter-efficient fine-tuning of any Hugging Face model under PyTorch Lightning."""
 
+from lightning_adapters.adapter_folder import save_adapter
 from lightning_adapters.callbacks import EarlyStopping, JsonlPredictionWriter
-from lightning_adapters.checkpoint import load_adapter, save_adapter
 from lightning_adapters.composition import Parallel, Stack
 from lightning_adapters.data import (
     DialogueDataModule,
@@ -18,7 +18,7 @@ from lightning_adapters.heads import (
     TaskHead,
     TokenClassificationHead,
 )
-from lightning_adapters.module import AdapterModule
+from lightning_adapters.module import AdapterModule, load_adapter
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.strategies import (
     IA3,

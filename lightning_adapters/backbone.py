@@ -11,8 +11,6 @@ Anything else is a local folder, a path to a ``.gguf`` file, or a hub id (``org/
 from __future__ import annotations
 
 import importlib.util
-import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from safetensors import SafetensorError
 from torch import nn
 
 from lightning_adapters.errors import UserInputError, first_line
-from lightning_adapters.weight_probe import close_values, same_probe, weight_probe
 
 _ALIASES: dict[str, tuple[str, str, str | None]] = {
     # alias: (package, sub-path inside the package, gguf file name)
@@ -189,51 +186,6 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
             raise UserInputError(f"tokenizer of '{name}' has neither a pad nor an EOS token — add a pad token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def fingerprint(model: nn.Module) -> dict:
-    """Identity of a base model, saved with every adapter and checked on load (against the one taken at init: the
-    base is frozen, and under FSDP its weights are later shards).
-
-    The config (without paths, versions and dtype) pins the architecture; ``weights`` pins the checkpoint: values
-    sampled across the frozen weights (`weight_probe`). ``embedding_probe`` (embedding rows 0-7, often [PAD] and
-    [unused] rows that fine-tuning never changes) is the old, weak probe, kept so older releases read new folders.
-    """
-    config = model.config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
-                "id2label", "label2id", "pad_token_id", "use_cache", "output_hidden_states", "output_attentions",
-                "return_dict", "quantization_config"):
-        config.pop(key, None)
-    embedding = model.get_input_embeddings().weight.detach()
-    probe = embedding[:8].float().sum(dim=-1).tolist()
-    return {
-        "version": 2,
-        "name_or_path": alias_for(model.config._name_or_path),
-        "model_type": model.config.model_type,
-        "config_json": json.dumps(config, sort_keys=True, default=str),
-        "embedding_probe": [round(value, 6) for value in probe],
-        "weights": weight_probe(model),
-    }
-
-
-def check_fingerprint(saved: dict, current: dict, where: str) -> None:
-    """Raise unless fingerprints ``saved`` and ``current`` (both from `fingerprint`) name the same base model.
-
-    A fingerprint without ``weights`` (written before version 2) is still accepted on its weak embedding probe,
-    with a warning to save it again.
-    """
-    if not isinstance(saved, dict) or not isinstance(saved.get("weights", {}), dict):
-        raise UserInputError(f"{where} has a corrupt base-model fingerprint — save the adapter again")
-    if "weights" in saved:
-        same_weights = same_probe(saved["weights"], current["weights"])
-    else:
-        warnings.warn(f"{where} carries an old, weak base-model fingerprint (embedding rows 0-7 only) — save it "
-                      "again to record the stronger one", stacklevel=3)
-        same_weights = close_values(saved.get("embedding_probe"), current["embedding_probe"])
-    if not (saved.get("config_json") == current["config_json"] and same_weights):
-        raise UserInputError(f"{where} was trained on base model '{saved.get('name_or_path')}' "
-                             f"({saved.get('model_type')}), not on '{current['name_or_path']}' "
-                             f"({current['model_type']}) — load it onto the base it was trained on")
 
 
 # Decoder-only families whose configs say so nowhere else (their `architectures` may be missing).

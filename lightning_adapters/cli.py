@@ -32,8 +32,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from lightning_adapters.adapter_folder import ADAPTER_FILES, save_adapter
 from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
-from lightning_adapters.checkpoint import ADAPTER_FILES, save_adapter
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.heads import ClassificationHead
 from lightning_adapters.module import CHECKPOINT_KEY, AdapterModule

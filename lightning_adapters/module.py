@@ -25,11 +25,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from lightning_adapters import adapter_folder
 from lightning_adapters import backbone as hf
+from lightning_adapters.base_fingerprint import check_fingerprint, fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.mixed_batches import ROUTE_KEY, MixedBatches, rows_of
 from lightning_adapters.named_adapters import DEFAULT, NamedAdapters
+from lightning_adapters.registry import build_from_config
 from lightning_adapters.strategies import Bottleneck, Strategy, export_weights
 
 CHECKPOINT_KEY = "lightning_adapters"
@@ -148,7 +151,7 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         self.backbone = self.head.prepare_backbone(loaded).train()
         # the identity of the base, which no adapter changes (taken before any is applied: earlier tasks' folders
         # are checked against it); under FSDP the weights are later shards
-        self.base_fingerprint = hf.fingerprint(self.backbone)
+        self.base_fingerprint = fingerprint(self.backbone)
         self._init_named_adapters()
         self._load_earlier_adapters(adapters or {})  # frozen and off; before ours, so ours keeps its own weight names
         self._apply_default_strategy()
@@ -162,9 +165,7 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         self.test_metrics = self.head.metrics().clone(prefix="test_")
         self._init_mixed_batches()
         if adapter is not None:
-            from lightning_adapters.checkpoint import apply_adapter  # checkpoint.py imports this module
-
-            apply_adapter(self, adapter)
+            adapter_folder.apply_adapter(self, adapter)
         if init_from is not None:
             self.init_adapter_from(init_from)
 
@@ -299,7 +300,7 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
     def check_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Raise unless ``checkpoint`` was trained on this base with this module's trainable weights."""
         # the fingerprint taken at init: the base is frozen, and under FSDP its weights are now shards
-        hf.check_fingerprint(checkpoint[CHECKPOINT_KEY]["base_model"], self.base_fingerprint, "checkpoint")
+        check_fingerprint(checkpoint[CHECKPOINT_KEY]["base_model"], self.base_fingerprint, "checkpoint")
         if "state_dict" in checkpoint:  # FSDP (ModelParallelStrategy) loads the weights itself and pops them first
             self.check_trainable_state(checkpoint["state_dict"], "checkpoint")
 
@@ -316,17 +317,13 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
     def save_adapter(self, folder: str, name: str = DEFAULT) -> None:
         """Export adapter ``name``'s folder (safetensors weights + JSON config); `lightning_adapters.load_adapter`
         reads it."""
-        from lightning_adapters.checkpoint import save_adapter  # checkpoint.py builds modules: import it lazily
-
-        save_adapter(self, folder, name=name)
+        adapter_folder.save_adapter(self, folder, name=name)
 
     def load_adapter(self, folder: str, name: str, allowed_classes: Iterable[type] = ()) -> None:
         """Add the adapter saved in ``folder`` as adapter ``name`` (frozen and switched off, as `add_adapter`), after
         the same checks as `lightning_adapters.load_adapter`: the base model's fingerprint, the weights' names,
         shapes and dtypes."""
-        from lightning_adapters.checkpoint import add_saved_adapter
-
-        add_saved_adapter(self, folder, name, allowed_classes)
+        adapter_folder.add_saved_adapter(self, folder, name, allowed_classes)
 
     # ---- training --------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> Any:
@@ -400,3 +397,26 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_adapter(folder: str | os.PathLike, backbone: str | None = None, dtype: str | None = None,
+                 allowed_classes: Iterable[type] = ()) -> AdapterModule:
+    """Rebuild a trained `AdapterModule` from an adapter folder onto a fresh base model.
+
+    Args:
+        folder: a folder written by `save_adapter`.
+        backbone: the base model to load (default: the one recorded in the folder); it must be the same model.
+        dtype: dtype of the frozen base (default: the recorded one).
+        allowed_classes: your own strategy or head classes the folder may name, besides ours and those passed to
+            `lightning_adapters.register_adapter_class`. Nothing else is built, and no module is ever imported.
+    """
+    config = adapter_folder.read_adapter_config(folder)
+    allowed = list(allowed_classes)
+    return AdapterModule(
+        backbone=backbone or config["backbone"],
+        strategy=build_from_config(config["strategy"], Strategy, "strategy", allowed),
+        head=build_from_config(config["head"], TaskHead, "head", allowed),
+        label_names=config.get("label_names"),
+        dtype=dtype if dtype is not None else config.get("dtype"),
+        adapter=str(folder),
+    )

@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from lightning_adapters.backbone import check_fingerprint
-from lightning_adapters.checkpoint import read_json
+from lightning_adapters.adapter_folder import read_json
+from lightning_adapters.base_fingerprint import check_fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
 from lightning_adapters.module import AdapterModule

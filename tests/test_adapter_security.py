@@ -28,7 +28,7 @@ from lightning_adapters import (
     registry,
     save_adapter,
 )
-from lightning_adapters.checkpoint import CONFIG_NAME
+from lightning_adapters.adapter_folder import CONFIG_NAME
 from lightning_adapters.peft_export import export_peft, import_peft, load_peft
 
 LABELS = ["negative", "neutral", "positive"]

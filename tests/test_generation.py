@@ -19,8 +19,7 @@ from rouge_score import rouge_scorer
 from strategy_table import pick
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
-from lightning_adapters import AdapterModule, Lora, PromptTuning, UserInputError
-from lightning_adapters.checkpoint import load_adapter, save_adapter
+from lightning_adapters import AdapterModule, Lora, PromptTuning, UserInputError, load_adapter, save_adapter
 from lightning_adapters.data.summarization import SummarizationDataModule
 from lightning_adapters.heads.generation import GenerationHead
 from lightning_adapters.text_metrics import BLEU, ROUGE, Perplexity, split_sentences

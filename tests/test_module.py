@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_adapters import AdapterModule, Bottleneck, ClassificationHead, UserInputError, load_adapter, save_adapter
-from lightning_adapters.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from lightning_adapters.adapter_folder import CONFIG_NAME, WEIGHTS_NAME
 from lightning_adapters.cli import main
 
 LABELS = ["negative", "neutral", "positive"]

@@ -16,7 +16,7 @@ from strategy_table import pick
 from torch.utils.data import DataLoader
 
 from lightning_adapters import AdapterModule, save_adapter
-from lightning_adapters.checkpoint import WEIGHTS_NAME
+from lightning_adapters.adapter_folder import WEIGHTS_NAME
 
 LABELS = ["negative", "neutral", "positive"]
 STRATEGIES = pick("pfeiffer", "lora", "ia3", "prompt", "prefix")

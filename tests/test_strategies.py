@@ -163,7 +163,7 @@ def test_full_fine_tuning_trains_and_exports_every_base_weight(model_dirs, tmp_p
     from safetensors.torch import load_file
 
     from lightning_adapters import AdapterModule, load_adapter, save_adapter
-    from lightning_adapters.checkpoint import WEIGHTS_NAME
+    from lightning_adapters.adapter_folder import WEIGHTS_NAME
     from lightning_adapters.strategies import FullFineTuning
 
     module = AdapterModule(model_dirs["llama"], strategy=FullFineTuning(), label_names=["a", "b"], dtype="bfloat16")

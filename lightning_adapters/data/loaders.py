@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_adapters.data.pack import build_pack_init
 from lightning_adapters.data.readers import is_missing
 from lightning_adapters.errors import UserInputError
 
@@ -176,8 +177,6 @@ class SplitDataModule(L.LightningDataModule):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "pack" in cls.__dict__:  # a domain pack's declaration: its __init__ is built from it
-            from lightning_adapters.data.pack import build_pack_init
-
             build_pack_init(cls)
         elif "__init__" in cls.__dict__ and "Args:" in (cls.__doc__ or ""):  # a codec: the shared options' help
             documented = set(re.findall(r"^\s+(\w+):", cls.__doc__, re.MULTILINE))

@@ -32,8 +32,7 @@ from lightning_adapters.strategies.base import (
     match_target,
     replace_module,
 )
-from lightning_adapters.strategies.lora import model_type, select_linear
-from lightning_adapters.strategies.targets import find_key_value_projections
+from lightning_adapters.strategies.targets import find_key_value_projections, model_type, select_linear
 
 _BERT_LIKE = (["key", "value"], r".*\.layer\.\d+\.output\.dense")  # not attention.output.dense
 _LLAMA_LIKE = (["k_proj", "v_proj"], ["down_proj"])

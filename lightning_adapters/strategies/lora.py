@@ -29,14 +29,17 @@ from lightning_adapters.strategies.base import (
     AdapterLayer,
     Strategy,
     adapter_layers,
-    find_modules,
     innermost,
     linear_features,
-    linear_places,
-    match_target,
     replace_module,
 )
-from lightning_adapters.strategies.targets import find_query_value_projections
+from lightning_adapters.strategies.targets import (
+    ALL_LINEAR,
+    find_query_value_projections,
+    linear_examples,
+    model_type,
+    select_linear,
+)
 
 _BERT_LIKE = ["query", "value"]
 _LLAMA_LIKE = ["q_proj", "v_proj"]
@@ -49,7 +52,6 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "gemma": _LLAMA_LIKE, "gemma2": _LLAMA_LIKE, "t5": ["q", "v"], "mt5": ["q", "v"],
     "bart": _LLAMA_LIKE, "mbart": _LLAMA_LIKE,
 }
-ALL_LINEAR = "all-linear"
 
 
 class LoraLayer(AdapterLayer):
@@ -204,35 +206,9 @@ def structural_targets(model: nn.Module) -> list[str]:
     names = found[0] + found[1]
     if not names:
         raise UserInputError(f"no default LoRA targets for model_type '{model_type(model)}' and no attention "
-                             f"projections found by structure — pass target_modules (e.g. {_linear_examples(model)}, "
+                             f"projections found by structure — pass target_modules (e.g. {linear_examples(model)}, "
                              f"or '{ALL_LINEAR}'); known types: {', '.join(sorted(DEFAULT_TARGETS))}")
     return names
-
-
-def model_type(model: nn.Module) -> str:
-    return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
-
-
-def select_linear(model: nn.Module, targets: str | list[str], exclude: str | list[str] | None,
-                  method: str) -> list[str]:
-    """Names of the Linear/Conv1D modules to wrap: ``targets`` (PEFT semantics or ``all-linear``) minus ``exclude``."""
-    if targets == ALL_LINEAR:
-        # Only inside the numbered transformer blocks: never a pooler, a classifier or an LM head.
-        names = [name for name, _ in linear_places(model) if any(part.isdigit() for part in name.split("."))]
-    else:
-        names = find_modules(model, targets)
-    if exclude:
-        names = [name for name in names if not match_target(name, exclude)]
-    if not names:
-        raise UserInputError(f"{method} target_modules {targets!r} (exclude_modules {exclude!r}) match no Linear "
-                             f"layer of model_type '{model_type(model)}' — Linear layers are named like "
-                             f"{_linear_examples(model)}")
-    return names
-
-
-def _linear_examples(model: nn.Module, count: int = 6) -> str:
-    names = [name for name, _ in linear_places(model)]
-    return ", ".join(repr(n) for n in names[:count]) or "(none: the model has no Linear layer)"
 
 
 def _mergeable(model: nn.Module) -> list[AdapterLayer]:

@@ -43,7 +43,7 @@ from lightning_adapters.strategies.prefix_attention import (
     run_without_prefix,
     trace_key_values,
 )
-from lightning_adapters.strategies.prompt import (
+from lightning_adapters.strategies.virtual_tokens import (
     check_init_text,
     init_token_ids,
     max_input_length,

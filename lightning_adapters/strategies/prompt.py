@@ -33,18 +33,23 @@ Tuning").
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from lightning_adapters.backbone import is_decoder_only, load_tokenizer
+from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.strategies.base import AdapterLayer, Strategy
+from lightning_adapters.strategies.virtual_tokens import (
+    check_init_text,
+    init_token_ids,
+    kv_cache,
+    max_input_length,
+    positions_along_mask,
+)
 
-_ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "longformer"}  # positions start at pad_token_id + 1
 _TOKEN_OUTPUTS = ("last_hidden_state", "logits", "hidden_states")
 _ENCODER_OUTPUTS = ("encoder_last_hidden_state", "encoder_hidden_states")
 
@@ -195,17 +200,9 @@ def _arg_names(module: nn.Module) -> list[str]:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-# The KV cache argument was ``past_key_values`` up to transformers 5.2x and is ``cache`` since; accept either.
-_CACHE_ARGS = ("cache", "past_key_values")
-
-
-def _kv_cache(inputs: dict[str, Any]) -> Any:
-    return next((inputs[key] for key in _CACHE_ARGS if inputs.get(key) is not None), None)
-
-
 def _cache_length(inputs: dict[str, Any]) -> int:
     """Positions already in the KV cache (0 without one, or for an empty cache that this call fills)."""
-    past = _kv_cache(inputs)
+    past = kv_cache(inputs)
     if past is None:
         return 0
     if not hasattr(past, "get_seq_length"):
@@ -218,45 +215,6 @@ def _prepend(inputs: dict[str, Any], key: str, n: int, value: int) -> None:
     tensor = inputs.get(key)
     if tensor is not None:
         inputs[key] = torch.cat([tensor.new_full((tensor.shape[0], n), value), tensor], dim=1)
-
-
-def positions_along_mask(inputs: dict[str, Any], length: int, offset: int) -> tuple[torch.Tensor, int]:
-    """Decoder position ids ``offset + (earlier unmasked tokens)`` for the last ``length`` input tokens (the next
-    ``length`` positions after the KV cache without a 2-D mask), and one past the largest position they can hold."""
-    mask = inputs.get("attention_mask")
-    if mask is not None and mask.dim() == 2:
-        return offset + mask.long().cumsum(-1)[:, -length:] - 1, offset + mask.shape[1]
-    tokens = inputs.get("input_ids") if inputs.get("input_ids") is not None else inputs["inputs_embeds"]
-    past = _kv_cache(inputs)
-    start = offset + (past.get_seq_length() if past is not None else 0)
-    return torch.arange(start, start + length, device=tokens.device)[None], start + length
-
-
-def max_input_length(config: Any) -> int | None:
-    """Longest input the position embeddings allow (RoBERTa-likes reserve ``pad_token_id + 1`` positions)."""
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(limit, int):
-        return None
-    if getattr(config, "model_type", None) in _ROBERTA_LIKE:
-        limit -= (config.pad_token_id or 0) + 1
-    return limit
-
-
-def check_init_text(method: str, init_text: str | None, tokenizer: str | None) -> None:
-    if init_text is not None and tokenizer is None:
-        raise UserInputError(f"{method} init_text needs the tokenizer to read it with — set tokenizer to the "
-                             "backbone's name (alias, folder or hub id)")
-
-
-def init_token_ids(method: str, init_text: str, tokenizer: str, n: int, vocab_size: int) -> list[int]:
-    """The ``n`` token ids an ``init_text`` initialisation starts from: its tokens, repeated or truncated to ``n``."""
-    ids = load_tokenizer(tokenizer)(init_text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise UserInputError(f"{method} init_text {init_text!r} has no tokens — pass a non-empty text")
-    if max(ids) >= vocab_size:
-        raise UserInputError(f"{method}: the tokenizer '{tokenizer}' gives token id {max(ids)}, beyond this model's "
-                             f"{vocab_size} embeddings — set tokenizer to the backbone's own")
-    return (ids * math.ceil(n / len(ids)))[:n]
 
 
 class PromptTuning(Strategy):

@@ -13,7 +13,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_adapters.strategies.base import adapter_layers, linear_features, linear_places, match_target
+from lightning_adapters.errors import UserInputError
+from lightning_adapters.strategies.base import (
+    adapter_layers,
+    find_modules,
+    linear_features,
+    linear_places,
+    match_target,
+)
+
+ALL_LINEAR = "all-linear"  # PEFT's spelling for every Linear layer inside the transformer blocks
 
 _BERT_LIKE = {"attention": r".*\.attention\.output\.dense", "ffn": r".*\.layer\.\d+\.output\.dense"}
 _LLAMA_LIKE = {"attention": r".*\.self_attn\.o_proj", "ffn": r".*\.mlp\.down_proj"}
@@ -161,3 +170,29 @@ def find_sublayer_input(model: nn.Module, output_projection: str) -> str:
             feeding = [c for c in candidates if linear_features(model.get_submodule(c))[1] == width_in]
             return (feeding or candidates)[0]
     raise ValueError(f"no sublayer input found for '{output_projection}'")
+
+
+def model_type(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+
+
+def select_linear(model: nn.Module, targets: str | list[str], exclude: str | list[str] | None,
+                  method: str) -> list[str]:
+    """Names of the Linear/Conv1D modules to wrap: ``targets`` (PEFT semantics or ``all-linear``) minus ``exclude``."""
+    if targets == ALL_LINEAR:
+        # Only inside the numbered transformer blocks: never a pooler, a classifier or an LM head.
+        names = [name for name, _ in linear_places(model) if any(part.isdigit() for part in name.split("."))]
+    else:
+        names = find_modules(model, targets)
+    if exclude:
+        names = [name for name in names if not match_target(name, exclude)]
+    if not names:
+        raise UserInputError(f"{method} target_modules {targets!r} (exclude_modules {exclude!r}) match no Linear "
+                             f"layer of model_type '{model_type(model)}' — Linear layers are named like "
+                             f"{linear_examples(model)}")
+    return names
+
+
+def linear_examples(model: nn.Module, count: int = 6) -> str:
+    names = [name for name, _ in linear_places(model)]
+    return ", ".join(repr(n) for n in names[:count]) or "(none: the model has no Linear layer)"

@@ -16,8 +16,8 @@ import yaml
 from torch import nn
 
 from lightning_adapters import AdapterModule, Lora, UserInputError, atomic, backbone, load_adapter, save_adapter
+from lightning_adapters.adapter_folder import CONFIG_NAME
 from lightning_adapters.backbone import count_parameters, resolve
-from lightning_adapters.checkpoint import CONFIG_NAME
 from lightning_adapters.model_card import CARD_NAME
 from lightning_adapters.peft_export import export_peft
 

@@ -4,7 +4,8 @@
 needed to rebuild the module on a fresh copy of the base model: strategy and head configs, label names and the base
 model's identity, which is checked before any weight is loaded; ``README.md`` is the model card. The folder changes
 as a whole (`replace_folder`): a failed save leaves the previous adapter as it was. Loading builds only classes it
-knows (`lightning_adapters.registry`): a folder never makes us import a module it names.
+knows (`lightning_adapters.registry`): a folder never makes us import a module it names. `load_adapter`, which builds
+a module from a folder, is in module.py; this file only reads, checks and writes folders.
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lightning_adapters.atomic import interrupted_save, replace_folder
-from lightning_adapters.backbone import check_fingerprint
+from lightning_adapters.base_fingerprint import check_fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
 from lightning_adapters.model_card import CARD_NAME, model_card
-from lightning_adapters.module import AdapterModule
 from lightning_adapters.named_adapters import DEFAULT
 from lightning_adapters.registry import build_from_config, fits, kind_name
 from lightning_adapters.strategies import Strategy, adapter_named_parameters
 from lightning_adapters.strategies.base import canonical_name
+
+if TYPE_CHECKING:  # the module imports this file; `load_adapter`, which builds one, lives in module.py
+    from lightning_adapters.module import AdapterModule
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -111,29 +114,6 @@ def read_adapter_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as err:
         raise UserInputError(f"'{path}' is not a readable safetensors file ({err}) — the adapter file is "
                              "corrupt; export it again") from err
-
-
-def load_adapter(folder: str | os.PathLike, backbone: str | None = None, dtype: str | None = None,
-                 allowed_classes: Iterable[type] = ()) -> AdapterModule:
-    """Rebuild a trained `AdapterModule` from an adapter folder onto a fresh base model.
-
-    Args:
-        folder: a folder written by `save_adapter`.
-        backbone: the base model to load (default: the one recorded in the folder); it must be the same model.
-        dtype: dtype of the frozen base (default: the recorded one).
-        allowed_classes: your own strategy or head classes the folder may name, besides ours and those passed to
-            `lightning_adapters.register_adapter_class`. Nothing else is built, and no module is ever imported.
-    """
-    config = read_adapter_config(folder)
-    allowed = list(allowed_classes)
-    return AdapterModule(
-        backbone=backbone or config["backbone"],
-        strategy=build_from_config(config["strategy"], Strategy, "strategy", allowed),
-        head=build_from_config(config["head"], TaskHead, "head", allowed),
-        label_names=config.get("label_names"),
-        dtype=dtype if dtype is not None else config.get("dtype"),
-        adapter=str(folder),
-    )
 
 
 def apply_adapter(module: AdapterModule, folder: str | os.PathLike) -> None:
