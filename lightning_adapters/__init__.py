@@ -1,7 +1,7 @@
 """lightning-adapters: parameter-efficient fine-tuning of any Hugging Face model under PyTorch Lightning."""
 
 from lightning_adapters.adapter_folder import save_adapter
-from lightning_adapters.callbacks import EarlyStopping, JsonlPredictionWriter
+from lightning_adapters.callbacks import BestCheckpoint, EarlyStopping, JsonlPredictionWriter
 from lightning_adapters.composition import Parallel, Stack
 from lightning_adapters.data import (
     DialogueDataModule,
@@ -31,9 +31,9 @@ from lightning_adapters.strategies import (
     Strategy,
 )
 
-__all__ = ["IA3", "AdapterFusion", "AdapterModule", "Bottleneck", "ClassificationHead", "DialogueDataModule",
-           "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora", "Parallel",
-           "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack", "Strategy",
+__all__ = ["IA3", "AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottleneck", "ClassificationHead",
+           "DialogueDataModule", "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora",
+           "Parallel", "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack", "Strategy",
            "SummarizationDataModule", "TaskHead", "TextClassificationDataModule", "TokenClassificationDataModule",
            "TokenClassificationHead", "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"

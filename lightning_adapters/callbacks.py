@@ -1,4 +1,5 @@
-"""Callbacks users put in YAML: JSONL predictions; early stopping that survives a run shorter than one validation."""
+"""Callbacks users put in YAML: JSONL predictions; the best checkpoint and early stopping by the task head's own
+validation metric, unless told another; early stopping that survives a run shorter than one validation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
@@ -80,13 +82,66 @@ def check_output_file(path: Path, what: str) -> None:
         raise UserInputError(f"{what} '{path}' lies inside '{blocking}', which is a file — pass a path in a folder")
 
 
+def head_monitor(pl_module) -> tuple[str, str]:
+    """The validation metric the module's task head is judged by, and whether higher is better: e.g.
+    ``("val_macro_f1", "max")`` for classification (`TaskHead.monitor`)."""
+    metric, mode = pl_module.task_head.monitor()
+    return f"val_{metric}", mode
+
+
+class BestCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` keeping the best epoch by the task head's validation metric.
+
+    With ``monitor`` unset it watches what the head declares (`TaskHead.monitor`: ``val_macro_f1`` for
+    classification, ``val_f1`` for NER and QA, ``val_perplexity`` or ``val_loss`` for generation) in that metric's
+    direction, and names files ``best-{epoch}-{step}-{<metric>:.3f}`` (the step tells validations within an epoch
+    apart); so one trainer block fits every task. Any
+    ``ModelCheckpoint`` argument may be given; a ``monitor`` given is used as is, as Lightning's.
+    """
+
+    def __init__(self, monitor: str | None = None, mode: str | None = None, filename: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(monitor=monitor, mode=mode or "min", filename=filename, **kwargs)
+        self._mode_given = mode is not None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._resolve_head_monitor(pl_module)
+        super().setup(trainer, pl_module, stage)
+
+    def _resolve_head_monitor(self, pl_module) -> None:
+        # Before Lightning restores callback states (after setup): the state key holds the monitor and mode.
+        if self.monitor is None:
+            self.monitor, mode = head_monitor(pl_module)
+            mode = self.mode if self._mode_given else mode
+            self.kth_value, self.mode = torch.tensor(torch.inf if mode == "min" else -torch.inf), mode
+        if self.filename is None:
+            self.filename = f"best-{{epoch}}-{{step}}-{{{self.monitor}:.3f}}"
+
+
 class EarlyStopping(callbacks.EarlyStopping):
-    """Lightning's ``EarlyStopping``, except that a run which ends before its first validation is not an error.
+    """Lightning's ``EarlyStopping``, except that ``monitor`` defaults to the task head's validation metric (in its
+    direction, as `BestCheckpoint`) and a run which ends before its first validation is not an error.
 
     ``--trainer.max_steps 3`` (a smoke test) ends training mid-epoch, before any validation; Lightning's callback
     then fails on the missing metric. This one waits for validation to have run, as ``ModelCheckpoint`` does; a
     monitored metric still missing after a validation raises as before (a typo in ``monitor``).
     """
+
+    def __init__(self, monitor: str | None = None, mode: str | None = None, **kwargs: Any) -> None:
+        super().__init__(monitor=monitor or "", mode=mode or "min", **kwargs)
+        self._monitor_given, self._mode_given = monitor is not None, mode is not None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._resolve_head_monitor(pl_module)
+        super().setup(trainer, pl_module, stage)
+
+    def _resolve_head_monitor(self, pl_module) -> None:
+        if not self._monitor_given and not self.monitor:
+            self.monitor, mode = head_monitor(pl_module)
+            self.mode = self.mode if self._mode_given else mode
+            # Lightning signs min_delta and seeds best_score from the mode in __init__: redo both for the head's
+            self.min_delta = abs(self.min_delta) * (1 if self.mode == "max" else -1)
+            self.best_score = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
 
     def _run_early_stopping_check(self, trainer) -> None:
         if self.monitor not in trainer.callback_metrics and not trainer.fit_loop.epoch_loop.val_loop._has_run:

@@ -69,8 +69,25 @@ class _OverviewFormatter(DefaultHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
+# What every run's Trainer gets unless its config says otherwise. A config's `trainer.callbacks` replaces this list,
+# as in Lightning; `trainer.callbacks+` (a config key or a flag) appends to it. BestCheckpoint watches the head's own
+# metric, so one block fits every task; the second checkpoint keeps last.ckpt current for `--ckpt_path last`.
+TRAINER_DEFAULTS = {
+    "accelerator": "auto",
+    "devices": 1,
+    "callbacks": [
+        {"class_path": "lightning_adapters.BestCheckpoint"},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"filename": "latest-{epoch}-{step}", "save_last": True}},
+        {"class_path": "lightning_adapters.JsonlPredictionWriter"},
+    ],
+}
+
+
 class AdaptersCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Parser defaults, not LightningCLI's trainer_defaults: those callbacks could not be replaced from a config.
+        parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.label_counts", "model.init_args.label_counts", apply_on="instantiate")

@@ -371,8 +371,9 @@ def cli_config(workdir: Path, backbone: str, **data_args) -> Path:
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(workdir / "runs")}},
                     "callbacks": [
-                        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                         "init_args": {"dirpath": str(workdir / "ckpt"), "monitor": "val_f1", "mode": "max"}},
+                        # the head's own metric (TaskHead.monitor): Lightning raises if validation never logs it
+                        {"class_path": "lightning_adapters.BestCheckpoint",
+                         "init_args": {"dirpath": str(workdir / "ckpt")}},
                         {"class_path": "lightning_adapters.JsonlPredictionWriter",
                          "init_args": {"output": str(workdir / "predictions.jsonl")}}]},
         "model": {"class_path": "lightning_adapters.AdapterModule",

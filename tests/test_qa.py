@@ -301,8 +301,9 @@ def qa_config(tmp_path: Path, model_dir: str, **data_args) -> Path:
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "qa"}},
                     "callbacks": [
-                        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                         "init_args": {"dirpath": str(tmp_path / "ckpt"), "monitor": "val_f1", "mode": "max"}},
+                        # the head's own metric (TaskHead.monitor): Lightning raises if validation never logs it
+                        {"class_path": "lightning_adapters.BestCheckpoint",
+                         "init_args": {"dirpath": str(tmp_path / "ckpt")}},
                         {"class_path": "lightning_adapters.JsonlPredictionWriter",
                          "init_args": {"output": str(tmp_path / "predictions.jsonl")}}]},
         "model": {"class_path": "lightning_adapters.AdapterModule",

@@ -65,6 +65,11 @@ class TaskHead(nn.Module):
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def monitor(self) -> tuple[str, str]:
+        """The metric a run is judged by (logged as ``val_<metric>``) and whether it is ``"max"`` or ``"min"``:
+        what `lightning_adapters.BestCheckpoint` and `lightning_adapters.EarlyStopping` watch unless told another."""
+        return "loss", "min"
+
     def metrics(self) -> EpochMetrics:
         """A fresh `EpochMetrics` (the module clones it per stage)."""
         raise NotImplementedError

@@ -131,6 +131,9 @@ class ClassificationHead(TaskHead):
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return F.cross_entropy(logits.float(), batch["labels"], weight=self.loss_weights)
 
+    def monitor(self) -> tuple[str, str]:
+        return "macro_f1", "max"  # accuracy flatters a majority class
+
     def metrics(self) -> EpochMetrics:
         n = len(self.label_names)
         # compute_groups off: update_metrics feeds per_class in test only, so the members' states differ

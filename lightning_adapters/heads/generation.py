@@ -151,6 +151,10 @@ class GenerationHead(TaskHead):
         return nll / count
 
     # ---- evaluation and prediction -----------------------------------------------------------------------------
+    def monitor(self) -> tuple[str, str]:
+        # Validation generates nothing unless asked (slow): judge by the reference's perplexity where it is computed.
+        return ("perplexity", "min") if "perplexity" in self.metric_names else ("loss", "min")
+
     def metrics(self) -> EpochMetrics:
         built = {name: METRICS[name](use_stemmer=self.rouge_stemmer) if name == "rouge" else METRICS[name]()
                  for name in self.metric_names}

@@ -69,6 +69,9 @@ class QuestionAnsweringHead(TaskHead):
         start, end = (x.masked_fill(pad, torch.finfo(x.dtype).min) for x in outputs)
         return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
 
+    def monitor(self) -> tuple[str, str]:
+        return "f1", "max"
+
     def metrics(self) -> EpochMetrics:
         return EpochMetrics({"squad": SquadMetric()})
 

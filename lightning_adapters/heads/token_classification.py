@@ -146,6 +146,9 @@ class TokenClassificationHead(TaskHead):
             return logits.sum() * 0.0
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
+    def monitor(self) -> tuple[str, str]:
+        return "f1", "max"  # entity-level (seqeval)
+
     def metrics(self) -> EpochMetrics:
         return EpochMetrics({"entity": EntityF1(entity_types(self.label_names))})
 
