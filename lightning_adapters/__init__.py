@@ -1,5 +1,6 @@
 """lightning-adapters: parameter-efficient fine-tuning of any Hugging Face model under PyTorch Lightning."""
 
+from lightning_adapters import moved
 from lightning_adapters.adapter_folder import save_adapter
 from lightning_adapters.callbacks import BestCheckpoint, EarlyStopping, JsonlPredictionWriter
 from lightning_adapters.composition import Parallel, Stack
@@ -37,3 +38,5 @@ __all__ = ["IA3", "AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottlenec
            "SummarizationDataModule", "TaskHead", "TextClassificationDataModule", "TokenClassificationDataModule",
            "TokenClassificationHead", "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"
+moved.install()  # old module paths fail with one line naming the new one
+__getattr__ = moved.package_getattr

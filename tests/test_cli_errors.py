@@ -3,6 +3,7 @@ Lightning refuses, missing or cut-off checkpoints, a run that trains nothing, an
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -180,4 +181,18 @@ def test_a_head_that_does_not_fit_its_data_is_refused_before_loading(workdir, mo
     config = write_config(workdir, model_dirs["bert"])
     line = error_line(capsys, ["fit", "--config", str(config), "--model.init_args.head", head, "--data", data])
     assert "does not fit" in line and needle in line and "--model.init_args.head" in line
+    assert not (workdir / "ckpt").exists()
+
+
+@pytest.mark.parametrize(("old", "new"), [("token_data", "lightning_adapters.data.token_classification"),
+                                          ("checkpoint", "lightning_adapters.adapter_folder"),
+                                          ("seq2seq_data", "lightning_adapters.data.summarization")])
+def test_a_module_path_from_before_the_data_package_names_where_it_went(workdir, model_dirs, capsys, old, new):  # noqa: F811
+    with pytest.raises(ModuleNotFoundError, match=f"lightning_adapters.{old} has moved to {new}"):
+        importlib.import_module(f"lightning_adapters.{old}")
+    config = write_config(workdir, model_dirs["bert"])
+    line = error_line(capsys, ["fit", "--config", str(config), "--data", f"lightning_adapters.{old}.SomeDataModule"])
+    assert f"--data: lightning_adapters.{old} has moved to {new}" in line
+    with pytest.raises(ModuleNotFoundError, match="No module named 'lightning_adapters.never_was'"):
+        importlib.import_module("lightning_adapters.never_was")
     assert not (workdir / "ckpt").exists()
