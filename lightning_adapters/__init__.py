@@ -6,6 +6,7 @@ from lightning_adapters.callbacks import BestCheckpoint, EarlyStopping, JsonlPre
 from lightning_adapters.composition import Parallel, Stack
 from lightning_adapters.data import (
     DialogueDataModule,
+    MultiTaskDataModule,
     QADataModule,
     SummarizationDataModule,
     TextClassificationDataModule,
@@ -20,6 +21,7 @@ from lightning_adapters.heads import (
     TokenClassificationHead,
 )
 from lightning_adapters.module import AdapterModule, load_adapter
+from lightning_adapters.named_adapters import TaskAdapter
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.strategies import (
     IA3,
@@ -34,9 +36,10 @@ from lightning_adapters.strategies import (
 
 __all__ = ["IA3", "AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottleneck", "ClassificationHead",
            "DialogueDataModule", "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora",
-           "Parallel", "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack", "Strategy",
-           "SummarizationDataModule", "TaskHead", "TextClassificationDataModule", "TokenClassificationDataModule",
-           "TokenClassificationHead", "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
+           "MultiTaskDataModule", "Parallel", "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead",
+           "Stack", "Strategy", "SummarizationDataModule", "TaskAdapter", "TaskHead", "TextClassificationDataModule",
+           "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError", "load_adapter",
+           "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"
 moved.install()  # old module paths fail with one line naming the new one
 __getattr__ = moved.package_getattr

@@ -25,7 +25,6 @@ from lightning_adapters.base_fingerprint import check_fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import TaskHead
 from lightning_adapters.model_card import CARD_NAME, model_card
-from lightning_adapters.named_adapters import DEFAULT
 from lightning_adapters.registry import build_from_config, fits, kind_name
 from lightning_adapters.strategies import Strategy, adapter_named_parameters
 from lightning_adapters.strategies.base import canonical_name
@@ -43,16 +42,17 @@ _KINDS = {"backbone": str, "strategy": dict, "head": dict, "base_model": dict, "
 
 
 def save_adapter(module: AdapterModule, folder: str | os.PathLike, card: dict | None = None,
-                 name: str = DEFAULT) -> Path:
+                 name: str | None = None) -> Path:
     """Write one adapter's folder: weights, config and model card, replacing an existing one as a whole.
 
     Args:
         module: the trained module.
         folder: the folder, created if needed; an existing one may hold only an adapter folder's files.
         card: optional model-card fields: ``data``, ``license``, ``command`` (strings), ``metrics`` (name -> value).
-        name: which of the module's adapters (`AdapterModule.adapter_names`); the folder is the same as that adapter
-            alone on the base would write.
+        name: which of the module's adapters (`AdapterModule.adapter_names`; default: the module's own); the folder
+            is the same as that adapter alone on the base would write.
     """
+    name = module.own_adapter if name is None else name
     strategy_config, state = module.export_weights(name)
     config = {
         "format": FORMAT,
@@ -63,7 +63,7 @@ def save_adapter(module: AdapterModule, folder: str | os.PathLike, card: dict | 
         "label_names": module.labels_of(name),
         "base_model": module.base_fingerprint,
     }
-    weights = {name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}
+    weights = {key: tensor.detach().float().contiguous().cpu() for key, tensor in state.items()}
     text = model_card(module, module.backbone_name, strategy_config, card)  # a bad card field: nothing written
 
     def write(tmp: Path) -> None:

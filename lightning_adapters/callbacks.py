@@ -83,10 +83,9 @@ def check_output_file(path: Path, what: str) -> None:
 
 
 def head_monitor(pl_module) -> tuple[str, str]:
-    """The validation metric the module's task head is judged by, and whether higher is better: e.g.
-    ``("val_macro_f1", "max")`` for classification (`TaskHead.monitor`)."""
-    metric, mode = pl_module.task_head.monitor()
-    return f"val_{metric}", mode
+    """The validation metric the module is judged by, and whether higher is better: e.g. ``("val_macro_f1", "max")``
+    for classification (`AdapterModule.monitor`, from `TaskHead.monitor`)."""
+    return pl_module.monitor()
 
 
 class BestCheckpoint(callbacks.ModelCheckpoint):

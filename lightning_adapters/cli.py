@@ -91,6 +91,7 @@ class AdaptersCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.label_counts", "model.init_args.label_counts", apply_on="instantiate")
+        parser.link_arguments("data.task_labels", "model.init_args.task_labels", apply_on="instantiate")
         parser.add_argument("--export_dir", type=str | None, default=None,
                             help="fit: where to write the best adapter folder (default: <log_dir>/adapter)")
         parser.add_argument("--test_after_fit", type=bool, default=False,
@@ -146,7 +147,8 @@ class AdaptersCLI(LightningCLI):
                                  "— set --trainer.accumulate_grad_batches 1 (no accumulation) or more")
         self._check_run_folder()
         if config.get("export_dir"):  # refuse an unusable folder now, not after hours of training
-            check_replaceable(config["export_dir"], ADAPTER_FILES)
+            for _, target in export_targets(config["export_dir"], self.model.trained_adapters):
+                check_replaceable(target, ADAPTER_FILES)
         self._resolve_last(required=False)  # none found: Lightning warns and starts fresh
         self._check_checkpoint_matches()
 
@@ -204,8 +206,9 @@ class AdaptersCLI(LightningCLI):
         with self.model.full_weights():  # a collective under FSDP: every rank enters, rank 0 writes
             if trainer.is_global_zero:
                 folder = Path(config.get("export_dir") or Path(log_dir or ".") / "adapter")
-                save_adapter(self.model, folder, card=self._card(metrics))
-                print(f"adapter saved to {folder.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
+                for name, target in export_targets(folder, self.model.trained_adapters):
+                    save_adapter(self.model, target, card=self._card(metrics), name=name)
+                    print(f"adapter saved to {target.resolve()}" + (f" (from best checkpoint {best})" if best else ""))
                 if log_dir:
                     print(f"run folder: {Path(log_dir).resolve()}")
 
@@ -221,6 +224,13 @@ class AdaptersCLI(LightningCLI):
             described += f"; source and license: tasks/{pack}/DATA_CARD.md"
         card = {"data": described, "command": " ".join(["lightning-adapters", *sys.argv[1:]])}
         return card | ({"metrics": metrics} if metrics else {})
+
+
+def export_targets(folder: str | Path, trained: list[str]) -> list[tuple[str, Path]]:
+    """Where fit exports each trained adapter: one adapter, the folder itself; several (multi-task), a folder each
+    inside it, named after its adapter."""
+    folder = Path(folder)
+    return [(name, folder if len(trained) == 1 else folder / name) for name in trained]
 
 
 def check_head_fits_data(config) -> None:

@@ -31,7 +31,7 @@ from lightning_adapters.base_fingerprint import check_fingerprint, fingerprint
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.mixed_batches import ROUTE_KEY, MixedBatches, rows_of
-from lightning_adapters.named_adapters import DEFAULT, NamedAdapters
+from lightning_adapters.named_adapters import DEFAULT, NamedAdapters, TaskAdapter
 from lightning_adapters.registry import build_from_config
 from lightning_adapters.strategies import Bottleneck, Strategy, export_weights
 
@@ -67,7 +67,8 @@ def check_optimizer_settings(learning_rate: float, weight_decay: float, warmup_r
                              "e.g. warmup_ratio: 0.1")
 
 
-def check_continual_settings(adapters: dict[str, str] | None, init_from: str | None, adapter: str | None) -> None:
+def check_continual_settings(adapters: dict[str, str] | None, init_from: str | None, adapter: str | None,
+                             own_name: str) -> None:
     """Refuse ``adapters``/``init_from`` settings that cannot work, in one line, before any model is loaded."""
     if init_from is not None and init_from not in (adapters or {}):
         raise UserInputError(f"init_from '{init_from}' is not one of the loaded adapters "
@@ -76,12 +77,30 @@ def check_continual_settings(adapters: dict[str, str] | None, init_from: str | N
         raise UserInputError("give either adapter (this adapter's own saved weights) or init_from (an earlier "
                              "task's), not both")
     for name, folder in (adapters or {}).items():
-        if name == DEFAULT:
-            raise UserInputError("adapters may not use the name 'default': it is this module's own adapter — "
+        if name == own_name:
+            raise UserInputError(f"adapters may not use the name '{name}': it is this module's own adapter — "
                                  "name the earlier task, e.g. sentiment: FOLDER")
         if not isinstance(folder, str | os.PathLike) or not Path(folder).is_dir():
             raise UserInputError(f"adapters: '{name}' names {folder!r}, which is not a folder — give the folder "
                                  "an earlier run exported (its <run folder>/adapter)")
+
+
+def check_task_settings(own_name: str, tasks: dict[str, TaskAdapter], task_labels: dict[str, list[str]] | None,
+                        label_names: list[str] | None, adapters: dict[str, str] | None) -> None:
+    """Refuse ``tasks``/``task_labels`` that do not describe the same tasks, in one line, before any model loads."""
+    ours = [own_name, *tasks]
+    clash = sorted((set(tasks) | {own_name}) & set(adapters or {}))
+    if own_name in tasks or clash:
+        raise UserInputError(f"adapter name '{own_name if own_name in tasks else clash[0]}' is given twice — each "
+                             "task's adapter needs its own name")
+    if task_labels is None:
+        return
+    if set(task_labels) != set(ours):
+        raise UserInputError(f"the data's tasks are {', '.join(task_labels)}, the model's adapters {', '.join(ours)} "
+                             f"— name the model's own adapter (adapter_name) and its tasks as the data's tasks")
+    if label_names is not None and list(label_names) != list(task_labels[own_name]):
+        raise UserInputError(f"label_names {label_names} clash with the data's labels of task '{own_name}' "
+                             f"{task_labels[own_name]} — drop label_names, the data gives them")
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -122,6 +141,13 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
             them. Switch between tasks with `set_active_adapters`.
         init_from: one of ``adapters`` whose weights start this module's own adapter (same strategy settings; the
             head starts fresh): transfer from an earlier task.
+        adapter_name: the name of this module's own adapter (``strategy``, ``head``, ``label_names``): in mixed-task
+            batches (batch key ``adapter_names``), per-task metric names and export folders.
+        tasks: more adapters trained together with the module's own, ``{name: TaskAdapter}`` (multi-task learning on
+            mixed-task batches, e.g. from `lightning_adapters.MultiTaskDataModule`); each has its own strategy, head
+            and labels; all are trained, checkpointed and exported (one folder each).
+        task_labels: the label set of each task, ``{name: labels}``, the module's own included; the CLI links it from
+            a `MultiTaskDataModule`, which names the tasks as the model must.
     """
 
     def __init__(self, backbone: str = "minilm", strategy: Strategy | None = None, head: TaskHead | None = None,
@@ -130,10 +156,15 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
                  scheduler: LRSchedulerCallable | None = None, revision: str | None = None,
                  trust_remote_code: bool = False, adapter: str | None = None,
                  gradient_checkpointing: bool = False, label_counts: list[int] | None = None,
-                 adapters: dict[str, str] | None = None, init_from: str | None = None) -> None:
+                 adapters: dict[str, str] | None = None, init_from: str | None = None,
+                 adapter_name: str = DEFAULT, tasks: dict[str, TaskAdapter] | None = None,
+                 task_labels: dict[str, list[str]] | None = None) -> None:
         super().__init__()
         check_optimizer_settings(learning_rate, weight_decay, warmup_ratio)
-        check_continual_settings(adapters, init_from, adapter)
+        check_continual_settings(adapters, init_from, adapter, adapter_name)
+        check_task_settings(adapter_name, tasks or {}, task_labels, label_names, adapters)
+        if task_labels is not None:
+            label_names = task_labels[adapter_name]
         self.backbone_name = backbone
         self.strategy = strategy or Bottleneck()
         self.head = head or ClassificationHead()
@@ -152,7 +183,7 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         # the identity of the base, which no adapter changes (taken before any is applied: earlier tasks' folders
         # are checked against it); under FSDP the weights are later shards
         self.base_fingerprint = fingerprint(self.backbone)
-        self._init_named_adapters()
+        self._init_named_adapters(adapter_name)
         self._load_earlier_adapters(adapters or {})  # frozen and off; before ours, so ours keeps its own weight names
         self._apply_default_strategy()
         if gradient_checkpointing:
@@ -164,6 +195,8 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         self.val_metrics = self.head.metrics().clone(prefix="val_")
         self.test_metrics = self.head.metrics().clone(prefix="test_")
         self._init_mixed_batches()
+        if tasks:
+            self._add_task_adapters(tasks, task_labels or {})
         if adapter is not None:
             adapter_folder.apply_adapter(self, adapter)
         if init_from is not None:
@@ -244,12 +277,13 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
             raise UserInputError(f"{len(frozen)} adapter or head weights are frozen (e.g. '{frozen[0]}'), so no "
                                  "checkpoint could restore them — keep every adapter and head weight trainable")
 
-    def export_weights(self, adapter: str = DEFAULT) -> tuple[dict, dict[str, torch.Tensor]]:
+    def export_weights(self, adapter: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """(strategy config, weights) an adapter export holds: `strategies.export_weights` of the backbone (adapter
         layers in inference form, named as the adapter has them alone on the base; for the default adapter, every
         other trainable base weight too) and the adapter's head, under ``head.``."""
         self.check_trainable()
-        if adapter == DEFAULT and not self.extra_adapters:
+        adapter = self.own_adapter if adapter is None else adapter
+        if adapter == self.own_adapter and not self.extra_adapters:
             config, backbone = export_weights(self.strategy, self.backbone)
         else:
             config, backbone = self.strategy_of(adapter).export_state(self.backbone, adapter)
@@ -314,7 +348,7 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         if states is not None:
             set_rng_state(states[self.global_rank] if self.global_rank < len(states) else states[0])
 
-    def save_adapter(self, folder: str, name: str = DEFAULT) -> None:
+    def save_adapter(self, folder: str, name: str | None = None) -> None:
         """Export adapter ``name``'s folder (safetensors weights + JSON config); `lightning_adapters.load_adapter`
         reads it."""
         adapter_folder.save_adapter(self, folder, name=name)
@@ -331,6 +365,15 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         if ROUTE_KEY in batch or self.parallel:
             return self.mixed_forward(batch)
         return self.task_head(self.backbone, batch)
+
+    def monitor(self) -> tuple[str, str]:
+        """The validation metric a run is judged by and its direction (what `lightning_adapters.BestCheckpoint` and
+        `lightning_adapters.EarlyStopping` watch unless told another): the task head's (`TaskHead.monitor`); with
+        several adapters training, the sum of their losses (``val_loss``), as their metrics differ."""
+        if len(self.trained_adapters) > 1:
+            return "val_loss", "min"
+        metric, mode = self.task_head.monitor()
+        return f"val_{metric}", mode
 
     def on_fit_start(self) -> None:
         self.check_trainable()

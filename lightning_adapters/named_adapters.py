@@ -1,6 +1,7 @@
 """Many adapters on one frozen base: AdapterHub's verbs on `AdapterModule` (a mixin, so the module file stays small).
 
-The module's own adapter is named ``default``: its strategy, head and labels are the module's (``strategy``,
+The module's own adapter is named ``default`` unless given a name (``AdapterModule(adapter_name=...)``): its
+strategy, head and labels are the module's (``strategy``,
 ``head``, ``label_names``), so the single-adapter case, its checkpoints and its folders are unchanged. Each other
 adapter has its own strategy, head and label set. An adapter added later wraps the places earlier ones already wrap
 (the outermost layer); a switched-off layer computes exactly what it wraps, so an adapter's computation never changes
@@ -30,7 +31,7 @@ from lightning_adapters import backbone as hf
 from lightning_adapters.composition import Parallel, Stack
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.heads import ClassificationHead, TaskHead
-from lightning_adapters.strategies import FullFineTuning, Lora, LoraLayer, Strategy
+from lightning_adapters.strategies import Bottleneck, FullFineTuning, Lora, LoraLayer, Strategy
 from lightning_adapters.strategies.base import (
     adapter_layers,
     adapter_named_parameters,
@@ -55,6 +56,17 @@ class Adapter:
     label_names: list[str] | None
 
 
+@dataclass
+class TaskAdapter:
+    """One more adapter an `AdapterModule` trains beside its own (``AdapterModule(tasks={name: TaskAdapter})``, a
+    mapping in YAML): its strategy (default: a Pfeiffer bottleneck), head (default: classification) and labels
+    (default: what the data gives for that task, ``task_labels``)."""
+
+    strategy: Strategy | None = None
+    head: TaskHead | None = None
+    label_names: list[str] | None = None
+
+
 class NamedAdapters:
     """AdapterHub's verbs for `AdapterModule` (which provides ``backbone``, ``head``, ``strategy``, ``label_names``,
     ``backbone_name``, the metric collections and ``_keep_trainable_fp32``)."""
@@ -63,11 +75,13 @@ class NamedAdapters:
     head: TaskHead
     extra_heads: nn.ModuleDict
 
-    def _init_named_adapters(self) -> None:
-        self.extra_heads = nn.ModuleDict()  # the heads of adapters added after the first (``default``)
+    def _init_named_adapters(self, own_name: str = DEFAULT) -> None:
+        check_adapter_name(own_name)
+        self.own_adapter = own_name  # the module's own adapter: strategy, head and label_names are its
+        self.extra_heads = nn.ModuleDict()  # the heads of adapters added after the first (the module's own)
         self.extra_adapters: dict[str, Adapter] = {}
         self.frozen_adapters: set[str] = set()  # adapters whose weights stay frozen on purpose (not in checkpoints)
-        self.active_adapters: list[str] = [DEFAULT]
+        self.active_adapters: list[str] = [own_name]
         self.parallel = False  # set_active_adapters(Parallel(...)): each active adapter on the same input
 
     def _load_earlier_adapters(self, folders: dict[str, str]) -> None:
@@ -80,7 +94,7 @@ class NamedAdapters:
             self.load_adapter(folder, name)
 
     def _apply_default_strategy(self) -> None:
-        """Apply the module's own strategy (adapter ``default``): active, and the one that trains."""
+        """Apply the module's own strategy (adapter `own_adapter`): active, and the one that trains."""
         before = {id(layer) for _, layer in adapter_layers(self.backbone)}
         try:
             self.strategy.apply(self.backbone)
@@ -89,21 +103,35 @@ class NamedAdapters:
                 raise
             raise UserInputError(f"{first_line(err)} (this module also carries adapters "
                                  f"{', '.join(self.extra_adapters)})") from err
-        tag_new_layers(self.backbone, before, DEFAULT)
+        tag_new_layers(self.backbone, before, self.own_adapter)
         set_active(self.backbone, set(self.active_adapters))
 
+    def _add_task_adapters(self, tasks: dict[str, TaskAdapter], task_labels: dict[str, list[str]]) -> None:
+        """`AdapterModule(tasks=...)`: each task's adapter added, then all of them trained with the module's own (for
+        mixed-task batches)."""
+        for name, task in tasks.items():
+            labels = task.label_names if task.label_names is not None else task_labels.get(name)
+            self.add_adapter(name, task.strategy or Bottleneck(), task.head, labels)
+        self.train_adapter([self.own_adapter, *tasks])
+
+    @property
+    def trained_adapters(self) -> list[str]:
+        """The adapters whose weights train (and are checkpointed and exported)."""
+        return [name for name in self.adapter_names if name not in self.frozen_adapters]
+
     def init_adapter_from(self, name: str) -> None:
-        """Start the default adapter's weights from adapter ``name``'s (same strategy settings): transfer from an
+        """Start the module's own adapter's weights from adapter ``name``'s (same strategy settings): transfer from an
         earlier task. Its head is not copied: the tasks' label sets differ."""
         self._check_known(name)
-        if name == DEFAULT:
-            raise UserInputError("init_from names the adapter to copy from, not 'default' — name one of adapters")
+        if name == self.own_adapter:
+            raise UserInputError(f"init_from names the adapter to copy from, not '{name}' (this module's own) — name "
+                                 "one of adapters")
         source, target = self.strategy_of(name).hparams(), self.strategy.hparams()
         if source != target:
             raise UserInputError(f"init_from: adapter '{name}' is {_describe(source)}, this module trains "
                                  f"{_describe(target)} — use the same strategy settings to start from it")
         weights = adapter_state_dict(self.backbone, name)
-        own = dict(canonical_named_parameters(self.backbone, DEFAULT))
+        own = dict(canonical_named_parameters(self.backbone, self.own_adapter))
         if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
             raise UserInputError(f"init_from: adapter '{name}' has other weights than this module's adapter — "
                                  "use the same strategy settings to start from it")
@@ -114,7 +142,7 @@ class NamedAdapters:
     # ---- what there is ---------------------------------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
-        return [DEFAULT, *self.extra_adapters]
+        return [self.own_adapter, *self.extra_adapters]
 
     @property
     def task_head(self) -> TaskHead:
@@ -123,15 +151,15 @@ class NamedAdapters:
 
     def head_of(self, name: str) -> TaskHead:
         self._check_known(name)
-        return self.head if name == DEFAULT else self.extra_heads[name]
+        return self.head if name == self.own_adapter else self.extra_heads[name]
 
     def labels_of(self, name: str) -> list[str] | None:
         self._check_known(name)
-        return self.label_names if name == DEFAULT else self.extra_adapters[name].label_names
+        return self.label_names if name == self.own_adapter else self.extra_adapters[name].label_names
 
     def strategy_of(self, name: str) -> Strategy:
         self._check_known(name)
-        return self.strategy if name == DEFAULT else self.extra_adapters[name].strategy
+        return self.strategy if name == self.own_adapter else self.extra_adapters[name].strategy
 
     def _check_known(self, name: str) -> None:
         if name not in self.adapter_names:
@@ -141,9 +169,7 @@ class NamedAdapters:
     def add_adapter(self, name: str, strategy: Strategy, head: TaskHead | None = None,
                     label_names: list[str] | None = None) -> None:
         """Add adapter ``name`` (frozen and switched off until `train_adapter` or `set_active_adapters`)."""
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise UserInputError(f"adapter name {name!r} must be a word (letters, digits, _ or -, not starting with a "
-                                 "digit) — e.g. 'sentiment'")
+        check_adapter_name(name)
         if name in self.adapter_names:
             raise UserInputError(f"an adapter named '{name}' already exists — pick another name or delete_adapter() "
                                  "it first")
@@ -246,8 +272,8 @@ class NamedAdapters:
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name``: its layers are unwrapped, its head dropped."""
         self._check_known(name)
-        if name == DEFAULT:
-            raise UserInputError("the default adapter is the module's own and cannot be deleted — build a new "
+        if name == self.own_adapter:
+            raise UserInputError(f"adapter '{name}' is the module's own and cannot be deleted — build a new "
                                  "AdapterModule, or keep it switched off with set_active_adapters()")
         users = sorted({layer.adapter_name for _, layer in adapter_layers(self.backbone)
                         if name in [f.adapter_name for f in getattr(layer, "fused", [])]})
@@ -264,7 +290,7 @@ class NamedAdapters:
         del self.extra_adapters[name]
         self.frozen_adapters.discard(name)
         if name in self.active_adapters:
-            self.set_active_adapters([n for n in self.active_adapters if n != name] or DEFAULT)
+            self.set_active_adapters([n for n in self.active_adapters if n != name] or self.own_adapter)
 
     def _freeze(self, name: str, frozen: bool) -> None:
         for _, param in adapter_named_parameters(self.backbone, name):
@@ -287,10 +313,17 @@ class NamedAdapters:
                   for name, param in layer.adapter_named_parameters() if not param.requires_grad]
         for adapter in self.adapter_names:
             if adapter not in self.frozen_adapters:
-                prefix = "head." if adapter == DEFAULT else f"extra_heads.{adapter}."
+                prefix = "head." if adapter == self.own_adapter else f"extra_heads.{adapter}."
                 frozen += [prefix + name for name, p in self.head_of(adapter).named_parameters() if not p.requires_grad]
         return frozen
 
+
+
+def check_adapter_name(name: str) -> None:
+    """Names appear in metric names, batch keys and folder names: one word."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UserInputError(f"adapter name {name!r} must be a word (letters, digits, _ or -, not starting with a "
+                             "digit) — e.g. 'sentiment'")
 
 
 def canonical_named_parameters(model: nn.Module, adapter: str):

@@ -14,6 +14,7 @@ from lightning.pytorch import callbacks
 from test_cli import workdir, write_config  # noqa: F401 — the fixture and the tiny config
 
 from lightning_adapters import (
+    AdapterModule,
     BestCheckpoint,
     ClassificationHead,
     EarlyStopping,
@@ -30,7 +31,10 @@ HEADS = [(ClassificationHead(), "val_macro_f1", "max"), (TokenClassificationHead
 
 
 def module_with(head) -> SimpleNamespace:
-    return SimpleNamespace(task_head=head)
+    """What `AdapterModule.monitor` reads of a module training one adapter with ``head``."""
+    module = SimpleNamespace(task_head=head, trained_adapters=["default"])
+    module.monitor = lambda: AdapterModule.monitor(module)
+    return module
 
 
 @pytest.mark.parametrize(("head", "metric", "mode"), HEADS)

@@ -90,5 +90,8 @@ def test_experiment_config_builds_model_and_data(config, monkeypatch, tmp_path):
     args = ["--config", str(config), *stand_in_earlier_adapters(config, tmp_path)]
     cli = AdaptersCLI(AdapterModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                       args=args, auto_configure_optimizers=False)
-    assert cli.model.label_names == cli.datamodule.label_names  # None for tasks without a label set (QA, generation)
+    if cli.datamodule.task_labels is None:  # None for tasks without a label set (QA, generation)
+        assert cli.model.label_names == cli.datamodule.label_names
+    else:  # several tasks: each adapter has its task's labels
+        assert {name: cli.model.labels_of(name) for name in cli.model.adapter_names} == cli.datamodule.task_labels
     assert cli.datamodule.tokenizer_name == cli.model.backbone_name

@@ -5,6 +5,7 @@
 - codecs, one per task family (check -> encode -> collate), each declaring the batch keys it produces
   (``batch_keys``; each head declares the keys it reads): `classification`, `token_classification`,
   `question_answering`, `summarization`, `dialogue`.
+- `multitask`: several tasks' DataModules as one, each row naming its task's adapter (mixed-task batches).
 - `pack`: a domain pack as a record (source defaults, columns, label set, codec, data card).
 - file formats: `readers` (CSV/TSV/JSONL/parquet tables), `conll_format`, `squad_format`; `loaders`: resumable,
   seeded data loaders.
@@ -20,6 +21,7 @@ from lightning_adapters.data.loaders import (
     check_limits,
     row_ids,
 )
+from lightning_adapters.data.multitask import MultiTaskDataModule
 from lightning_adapters.data.question_answering import QADataModule
 from lightning_adapters.data.readers import READERS, Table
 from lightning_adapters.data.source import SPLITS, existing_file, read_splits, read_table
@@ -29,7 +31,7 @@ from lightning_adapters.data.token_classification import TokenClassificationData
 ClassificationDataModule = TextClassificationDataModule  # the family's name, as the heads spell it
 
 __all__ = ["READERS", "SPLITS", "ClassificationDataModule", "DialogueDataModule", "EpochShuffleSampler",
-           "LengthGroupedSampler", "QADataModule", "SplitDataModule", "SummarizationDataModule", "Table",
-           "TextClassificationDataModule", "TextCollator", "TokenClassificationDataModule", "check_limits",
+           "LengthGroupedSampler", "MultiTaskDataModule", "QADataModule", "SplitDataModule", "SummarizationDataModule",
+           "Table", "TextClassificationDataModule", "TextCollator", "TokenClassificationDataModule", "check_limits",
            "count_truncated", "existing_file", "fit_max_length", "position_limit", "read_splits", "read_table",
            "row_ids"]

@@ -171,6 +171,7 @@ class SplitDataModule(L.LightningDataModule):
     group_by_length: bool = False  # training batches of similar length (`LengthGroupedSampler`)
     carved_splits: tuple[str, ...] = ("validation", "test")  # splits a <split>_fraction can carve from train
     label_counts: list[int] | None = None  # training rows per label where labels are classes (the CLI links it)
+    task_labels: dict[str, list[str] | None] | None = None  # several tasks' label sets (MultiTaskDataModule)
     # Batch keys this data produces -> what each holds (heads declare what they read: ``TaskHead.reads``).
     batch_keys: ClassVar[dict[str, str]] = {}
 
