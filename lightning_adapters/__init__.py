@@ -20,6 +20,7 @@ from lightning_adapters.heads import (
     TokenClassificationHead,
 )
 from lightning_adapters.module import AdapterModule, load_adapter
+from lightning_adapters.predictor import Predictor
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.strategies import (
     IA3,
@@ -34,9 +35,10 @@ from lightning_adapters.strategies import (
 
 __all__ = ["IA3", "AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottleneck", "ClassificationHead",
            "DialogueDataModule", "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora",
-           "Parallel", "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack", "Strategy",
-           "SummarizationDataModule", "TaskHead", "TextClassificationDataModule", "TokenClassificationDataModule",
-           "TokenClassificationHead", "UserInputError", "load_adapter", "register_adapter_class", "save_adapter"]
+           "Parallel", "Predictor", "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack",
+           "Strategy", "SummarizationDataModule", "TaskHead", "TextClassificationDataModule",
+           "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError", "load_adapter",
+           "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"
 moved.install()  # old module paths fail with one line naming the new one
 __getattr__ = moved.package_getattr
