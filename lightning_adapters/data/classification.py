@@ -145,6 +145,8 @@ class TextClassificationDataModule(SplitDataModule):
             items = self._datasets[split] = self.encode(rows)
             self.truncated[split] = count_truncated(self.tokenizer, rows[0], [item["input_ids"] for item in items],
                                                     self.max_length)
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(split_rows[0]):,}" for split, split_rows in self.splits.items())
         cut = ", ".join(f"{split} {count:,}" for split, count in self.truncated.items() if count)
         rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels"

@@ -114,6 +114,8 @@ class QADataModule(SplitDataModule):
             check_room(self.tokenizer, examples, self.max_length, self.stride, self.sources[split])
             features = encode_features(self.tokenizer, examples, self.max_length, self.stride)
             self._datasets[split] = [f for group in features for f in group] if split == "train" else features
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(examples):,} questions ({len({e.article for e in examples})} articles)"
                           for split, examples in self.splits.items())
         rank_zero_info(f"data: {sizes}; train windows {len(self._datasets.get('train', [])):,}")

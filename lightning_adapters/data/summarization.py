@@ -141,6 +141,8 @@ class SummarizationDataModule(SplitDataModule):
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(rows):,}" for split, rows in self.splits.items())
         rank_zero_info(f"data: {sizes} rows")
 

@@ -160,6 +160,8 @@ class TokenClassificationDataModule(SplitDataModule):
         for split, sentences in self.splits.items():
             if split not in self._datasets:
                 self._datasets[split] = [self.encode(sentence) for sentence in sentences]
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         cut = sum(p < 0 for items in self._datasets.values() for item in items for p in item["word_positions"])
         sizes = ", ".join(f"{split} {len(sentences):,}" for split, sentences in self.splits.items())
         rank_zero_info(f"data: {sizes} sentences; {len(self.label_names)} tags"
