@@ -103,7 +103,7 @@ class Predictor:
             tokenizer: backbone alias, folder or hub id of the tokenizer (default: the module's backbone).
             Others: as `from_adapter`.
         """
-        parse_device(device)
+        parse_device(device), parse_dtype(dtype)  # bad settings fail before the data's tokenizer loads
         return cls(module, build_data(module, tokenizer, data, data_options), device, dtype, batch_size)
 
     def predict(self, inputs: str | Sequence[str] | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

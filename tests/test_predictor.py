@@ -193,6 +193,7 @@ def test_bad_settings_are_one_line(classifier, model_dirs):
     cases = [(lambda: Predictor.from_module(module, device="gpu"), "unknown device 'gpu'"),
              (lambda: Predictor.from_module(module, device=f"cuda:{torch.cuda.device_count()}"), "not on this machine"),
              (lambda: Predictor.from_module(module, batch_size=0), "batch_size=0 is out of range"),
+             (lambda: Predictor.from_module(module, dtype="float8"), "unknown dtype 'float8'"),
              (lambda: Predictor.from_module(module, data=QADataModule), "does not fit QADataModule"),
              (lambda: Predictor.from_module(module, data=dict), "data must be a DataModule class or instance"),
              (lambda: Predictor.from_adapter(Path("no-such-folder")), "no adapter_config.json")]
