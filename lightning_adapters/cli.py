@@ -36,6 +36,7 @@ from lightning_adapters.adapter_folder import ADAPTER_FILES, save_adapter
 from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.heads import ClassificationHead
+from lightning_adapters.heads.base import check_head_fits_data as check_fits
 from lightning_adapters.module import CHECKPOINT_KEY, AdapterModule
 from lightning_adapters.progress import LineProgress
 
@@ -245,13 +246,8 @@ def check_head_fits_data(config) -> None:
     head = model.init_args.head
     head_class = import_object(head.class_path) if head is not None else ClassificationHead  # AdapterModule's default
     data_class = import_object(data.class_path)
-    produced = getattr(data_class, "batch_keys", {})
-    for key, meaning in getattr(head_class, "reads", {}).items():
-        if produced and produced.get(key) != meaning:
-            gives = f"gives it as {produced[key]}" if key in produced else "has no such key"
-            raise UserInputError(f"{head_class.__name__} does not fit {data_class.__name__}: the head reads batch key "
-                                 f"'{key}' ({meaning}), the data {gives} — pick the head of that data's task "
-                                 "(--model.init_args.head) or data for this head (--data)")
+    check_fits(head_class, data_class, "pick the head of that data's task (--model.init_args.head) or data for this "
+                                       "head (--data)")
 
 
 def cpu_has_bf16() -> bool:

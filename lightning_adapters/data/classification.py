@@ -18,7 +18,14 @@ from transformers import DataCollatorWithPadding
 from lightning_adapters.backbone import load_tokenizer, resolve
 from lightning_adapters.data.lengths import count_truncated, fit_max_length
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
-from lightning_adapters.data.readers import Table, column_labels, column_texts, infer_label_names, label_ids
+from lightning_adapters.data.readers import (
+    Table,
+    column_labels,
+    column_texts,
+    infer_label_names,
+    label_ids,
+    rows_table,
+)
 from lightning_adapters.data.source import hub_tables, read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
@@ -132,23 +139,37 @@ class TextClassificationDataModule(SplitDataModule):
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name)
             self.max_length = fit_max_length(self.max_length, self.tokenizer_name, self.tokenizer)
-        for split, (texts, labels, ids) in self.splits.items():
+        for split, rows in self.splits.items():
             if split in self._datasets:
                 continue
-            encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
-            self.truncated[split] = count_truncated(self.tokenizer, texts, encoded["input_ids"], self.max_length)
-            items = [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
-                     for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
-                                                        strict=True)]
-            for item, label in zip(items, labels or [None] * len(items), strict=True):
-                if label is not None:  # predict files may come without labels
-                    item["labels"] = label
-                    item["meta"]["gold_label"] = self.label_names[label]
-            self._datasets[split] = items
+            items = self._datasets[split] = self.encode(rows)
+            self.truncated[split] = count_truncated(self.tokenizer, rows[0], [item["input_ids"] for item in items],
+                                                    self.max_length)
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(split_rows[0]):,}" for split, split_rows in self.splits.items())
         cut = ", ".join(f"{split} {count:,}" for split, count in self.truncated.items() if count)
         rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels"
                        + (f"; rows cut at max_length={self.max_length} tokens: {cut}" if cut else ""))
+
+    def encode(self, split: Split) -> list[dict[str, Any]]:
+        """A split's items: token ids and mask (cut at ``max_length``), the text, ``meta`` and, if known, the label."""
+        texts, labels, ids = split
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
+        items = [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
+                 for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
+                                                    strict=True)]
+        for item, label in zip(items, labels or [None] * len(items), strict=True):
+            if label is not None:  # predict files may come without labels
+                item["labels"] = label
+                item["meta"]["gold_label"] = self.label_names[label]
+        return items
+
+    def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
+        return [{self.text_column: text} for text in texts]
+
+    def predict_items(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.encode(self._examples(rows_table(rows, "predict rows", (self.text_column,)), labelled=False))
 
     def collator(self, stage: str) -> TextCollator:
         """Prediction batches also carry the raw ``text`` and ``meta`` for prediction writers."""

@@ -29,7 +29,7 @@ from lightning_adapters.data.chat_format import (
 )
 from lightning_adapters.data.generation_collator import GENERATION_BATCH_KEYS, GenerationCollator
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
-from lightning_adapters.data.readers import Table, is_missing
+from lightning_adapters.data.readers import Table, is_missing, rows_table
 from lightning_adapters.data.source import read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
@@ -97,7 +97,9 @@ class DialogueDataModule(SplitDataModule):
 
     # ---- reading and checking -------------------------------------------------------------------------------
     def _read(self, path: Path, source: str, split: str) -> list[Dialogue]:
-        table = read_table(path, source)
+        return self._dialogues(read_table(path, source), split)
+
+    def _dialogues(self, table: Table, split: str) -> list[Dialogue]:
         ids = row_ids(table.columns, len(table.lines))
         return [self._dialogue(table, row, split, ids[row]) for row in range(len(table.lines))]
 
@@ -143,9 +145,19 @@ class DialogueDataModule(SplitDataModule):
 
     # ---- batching ------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(rows):,}" for split, rows in self.splits.items())
         rank_zero_info(f"data: {sizes} dialogues; chat template: "
                        f"{'fallback' if self.template == FALLBACK_TEMPLATE else 'tokenizer/custom'}")
+
+    def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
+        return [{self.instruction_column: text} for text in texts]
+
+    def predict_items(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows of a ``messages`` list or an ``instruction`` (the user's request), as a predict file's rows."""
+        return [self._encode(dialogue, "predict") for dialogue in self._dialogues(rows_table(rows, "predict rows"),
+                                                                                   "predict")]
 
     def collator(self, stage: str) -> GenerationCollator:
         """Right-padded loss inputs; evaluation and predict batches also left-padded prompts and the texts."""

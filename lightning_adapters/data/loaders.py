@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from lightning_adapters.data.pack import build_pack_init
 from lightning_adapters.data.readers import is_missing
+from lightning_adapters.data.source import without_splits
 from lightning_adapters.errors import UserInputError
 
 ID_COLUMN = "id"  # a column of this name holds the rows' own ids
@@ -202,6 +203,28 @@ class SplitDataModule(L.LightningDataModule):
     def collator(self, stage: str) -> Callable:
         """The collate function of ``stage`` (``train``, ``validation``, ``test`` or ``predict``)."""
         raise NotImplementedError
+
+    # ---- in-memory rows (`lightning_adapters.Predictor`): the predict path of a file, without the file -----------
+    @classmethod
+    def for_rows(cls, tokenizer: str, **options: Any) -> SplitDataModule:
+        """This DataModule with no data file, set up to encode in-memory rows (`predict_loader`)."""
+        with without_splits():
+            data = cls(tokenizer=tokenizer, **options)
+        data.setup("predict")
+        return data
+
+    def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Plain texts as the rows this data reads (a codec whose rows hold one text overrides this)."""
+        raise UserInputError(f"{type(self).__name__} reads rows of several fields, not plain texts — pass dicts "
+                             "with the columns a predict_file of it has")
+
+    def predict_items(self, rows: list[dict[str, Any]]) -> list[Any]:
+        """``rows`` checked and encoded as the rows of a ``predict_file`` are: a predict split's items."""
+        raise NotImplementedError(f"{type(self).__name__} cannot encode in-memory rows")
+
+    def predict_loader(self, rows: list[dict[str, Any]], batch_size: int) -> DataLoader:
+        """Predict batches of in-memory rows, in their order: the loader `predict_dataloader` gives for a file."""
+        return DataLoader(self.predict_items(rows), batch_size=batch_size, collate_fn=self.collator("predict"))
 
     def make_loader(self, split: str, stage: str) -> DataLoader:
         if split not in self._datasets:

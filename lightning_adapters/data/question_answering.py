@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.data.loaders import SplitDataModule
+from lightning_adapters.data.loaders import SplitDataModule, row_ids
 from lightning_adapters.data.qa_features import QACollator, check_room, encode_features
+from lightning_adapters.data.readers import cell_text, rows_table
 from lightning_adapters.data.source import load_hub_splits, read_splits
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.data.squad_format import QAExample, hub_rows_to_squad, parse_squad, read_squad_json
@@ -112,9 +114,26 @@ class QADataModule(SplitDataModule):
             check_room(self.tokenizer, examples, self.max_length, self.stride, self.sources[split])
             features = encode_features(self.tokenizer, examples, self.max_length, self.stride)
             self._datasets[split] = [f for group in features for f in group] if split == "train" else features
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(examples):,} questions ({len({e.article for e in examples})} articles)"
                           for split, examples in self.splits.items())
         rank_zero_info(f"data: {sizes}; train windows {len(self._datasets.get('train', [])):,}")
+
+    def predict_items(self, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Rows holding ``question`` and ``context`` (ids: an ``id`` column, else the row index): per question, its
+        windows, as a predict file's questions become."""
+        table = rows_table(rows, "predict rows", ("question", "context"))
+        examples = []
+        for row, row_id in enumerate(row_ids(table.columns, len(rows))):
+            question, context = (cell_text(table.columns[name][row], table.where(row), name)
+                                 for name in ("question", "context"))
+            empty = "question" if not question.strip() else "context" if not context.strip() else None
+            if empty:
+                raise UserInputError(f"{table.where(row)}: empty {empty} — fill it in or remove the row")
+            examples.append(QAExample(row_id, question, context, [], [], f"{row}:"))
+        check_room(self.tokenizer, examples, self.max_length, self.stride, table.source)
+        return encode_features(self.tokenizer, examples, self.max_length, self.stride)
 
     def collator(self, stage: str) -> QACollator:
         return QACollator(self.tokenizer.pad_token_id)

@@ -40,6 +40,22 @@ class Table:
         return self.columns[name]
 
 
+def rows_table(rows: list[dict[str, Any]], source: str, required: tuple[str, ...] = ()) -> Table:
+    """In-memory rows (dicts, e.g. given to `lightning_adapters.Predictor`) as a table, numbered from 0 like the list.
+    Every row must have the same keys (a key missing from one row is more likely a typo than a missing value),
+    among them the ``required`` columns."""
+    names = list(rows[0]) if rows else []
+    for number, row in enumerate(rows):
+        if set(row) != set(names):
+            raise UserInputError(f"{source}: row {number} has columns ({', '.join(map(str, row)) or 'none'}), row 0 "
+                                 f"has ({', '.join(names)}) — give every row the same columns")
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise UserInputError(f"{source} have no '{missing[0]}' column (columns given: {', '.join(names) or 'none'}) "
+                             f"— give every row {', '.join(repr(name) for name in required)}")
+    return Table(source, {name: [row[name] for row in rows] for name in names}, list(range(len(rows))), "row")
+
+
 # Python's csv refuses fields over 128 KiB as "field larger than field limit"; a long filing or transcript is one
 # field, not a quoting error. 2**31 - 1: the largest limit a C long takes on every platform (Windows included).
 FIELD_SIZE_LIMIT = 2**31 - 1

@@ -8,7 +8,9 @@ creates a log folder. Missing validation/test splits are carved afterwards by `l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +20,18 @@ from lightning_adapters.errors import UserInputError, first_line
 SPLITS = ("train", "validation", "test", "predict")
 HUB_SPLITS = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
 Rows = TypeVar("Rows")
+# True while a DataModule is built only to encode in-memory rows (`SplitDataModule.for_rows`): no split is needed.
+_NO_SPLITS_NEEDED: ContextVar[bool] = ContextVar("no_splits_needed", default=False)
+
+
+@contextmanager
+def without_splits() -> Iterator[None]:
+    """Inside, `read_splits` accepts being given no split at all (its ``nothing`` error is for training runs)."""
+    token = _NO_SPLITS_NEEDED.set(True)
+    try:
+        yield
+    finally:
+        _NO_SPLITS_NEEDED.reset(token)
 
 
 def existing_file(option: str, name: str) -> Path:
@@ -46,14 +60,15 @@ def with_rows(table: Table) -> Table:
 def read_splits(files: Mapping[str, str | None], read: Callable[[Path, str, str], Rows],
                 hub: dict[str, Rows] | None = None, nothing: str | None = None) -> dict[str, Rows]:
     """The rows of each split: ``hub``'s, then each given file of ``files`` (split -> name), read by
-    ``read(path, source, split)``. ``nothing``: the error when no split is given at all."""
+    ``read(path, source, split)``. ``nothing``: the error when no split is given at all (not raised inside
+    `without_splits`)."""
     rows = dict(hub or {})
     for split in SPLITS:
         name = files.get(split)
         if name is not None:
             option = f"{split}_file"
             rows[split] = read(existing_file(option, name), f"{option} '{name}'", split)
-    if not rows and nothing:
+    if not rows and nothing and not _NO_SPLITS_NEEDED.get():
         raise UserInputError(nothing)
     return rows
 

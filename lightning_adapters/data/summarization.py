@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_adapters.backbone import load_tokenizer
 from lightning_adapters.data.generation_collator import GENERATION_BATCH_KEYS, GenerationCollator
 from lightning_adapters.data.loaders import ID_COLUMN, SplitDataModule, row_ids
-from lightning_adapters.data.readers import Table, is_missing
+from lightning_adapters.data.readers import Table, is_missing, rows_table
 from lightning_adapters.data.seq2seq_encoding import (
     Truncation,
     check_template,
@@ -141,6 +141,8 @@ class SummarizationDataModule(SplitDataModule):
 
     # ---- tokenizing and batching -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         sizes = ", ".join(f"{split} {len(rows):,}" for split, rows in self.splits.items())
         rank_zero_info(f"data: {sizes} rows")
 
@@ -154,6 +156,13 @@ class SummarizationDataModule(SplitDataModule):
                               special_tokens=not (self.decoder_only and self.chat_template))
         item.update(source=row["source"], references=row["references"], meta=row["meta"])
         return item
+
+    def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
+        return [{self.source_column: text} for text in texts]
+
+    def predict_items(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        table = rows_table(rows, "predict rows", (self.source_column,))
+        return [self.encode(row) for row in self.examples(table, "predict")]
 
     def collator(self, stage: str) -> GenerationCollator:
         return GenerationCollator(self.tokenizer.pad_token_id, self.decoder_only, evaluation=stage != "train")

@@ -22,11 +22,34 @@ from lightning_adapters.data.conll_format import (
     tag_names,
 )
 from lightning_adapters.data.lengths import fit_max_length
-from lightning_adapters.data.loaders import SplitDataModule
+from lightning_adapters.data.loaders import SplitDataModule, row_ids
+from lightning_adapters.data.readers import Table, cell_text, rows_table
 from lightning_adapters.data.source import read_splits
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.data.token_alignment import TokenCollator, align
 from lightning_adapters.errors import UserInputError
+
+TEXT_COLUMN = "text"  # in-memory rows may give a sentence as text instead of its words
+
+
+def row_words(table: Table, row: int, tokens_column: str) -> list[str]:
+    """The words of an in-memory row: its ``tokens_column`` list, else its ``text`` split at whitespace (a CoNLL
+    file's words hold no whitespace either)."""
+    if tokens_column in table.columns:
+        words = table.columns[tokens_column][row]
+        if not isinstance(words, list | tuple) or not all(isinstance(w, str) and w.split() == [w] for w in words):
+            raise UserInputError(f"{table.where(row)}: '{tokens_column}' must be a list of words (strings without "
+                                 f"spaces), got {str(words)[:60]} — split the sentence into words, or give its "
+                                 f"'{TEXT_COLUMN}'")
+        words = list(words)
+    elif TEXT_COLUMN in table.columns:
+        words = cell_text(table.columns[TEXT_COLUMN][row], table.where(row), TEXT_COLUMN).split()
+    else:
+        raise UserInputError(f"{table.source} has neither '{tokens_column}' nor '{TEXT_COLUMN}' (columns: "
+                             f"{', '.join(table.columns)}) — give each row its words or its text")
+    if not words:
+        raise UserInputError(f"{table.where(row)}: no words to tag — fill it in or remove the row")
+    return words
 
 
 class TokenClassificationDataModule(SplitDataModule):
@@ -137,10 +160,25 @@ class TokenClassificationDataModule(SplitDataModule):
         for split, sentences in self.splits.items():
             if split not in self._datasets:
                 self._datasets[split] = [self.encode(sentence) for sentence in sentences]
+        if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
+            return
         cut = sum(p < 0 for items in self._datasets.values() for item in items for p in item["word_positions"])
         sizes = ", ".join(f"{split} {len(sentences):,}" for split, sentences in self.splits.items())
         rank_zero_info(f"data: {sizes} sentences; {len(self.label_names)} tags"
                        + (f"; {cut} words past max_length={self.max_length} (scored as O)" if cut else ""))
+
+    def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
+        return [{TEXT_COLUMN: text} for text in texts]
+
+    def predict_items(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows holding ``tokens_field`` (the words) or ``text``; ids: an ``id`` column, else the row index."""
+        table = rows_table(rows, "predict rows")
+        sentences = [Sentence(row_words(table, row, self.tokens_field), None, row, table.source, hub=True)
+                     for row in range(len(rows))]
+        items = [self.encode(sentence) for sentence in sentences]
+        for item, row_id in zip(items, row_ids(table.columns, len(rows)), strict=True):
+            item["meta"]["id"] = row_id
+        return items
 
     def collator(self, stage: str) -> TokenCollator:
         """Prediction batches also carry the ``words`` for the prediction writer."""

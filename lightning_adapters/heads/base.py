@@ -86,6 +86,17 @@ class TaskHead(nn.Module):
         return class_config(self)
 
 
+def check_head_fits_data(head_class: type, data_class: type, fix: str) -> None:
+    """Refuse a head that reads a batch key its data does not produce (``TaskHead.reads`` against the data's
+    ``batch_keys``), from the classes alone; ``fix`` ends the message. Undeclared keys: not checked."""
+    produced = getattr(data_class, "batch_keys", {})
+    for key, meaning in getattr(head_class, "reads", {}).items():
+        if produced and produced.get(key) != meaning:
+            gives = f"gives it as {produced[key]}" if key in produced else "has no such key"
+            raise UserInputError(f"{head_class.__name__} does not fit {data_class.__name__}: the head reads batch key "
+                                 f"'{key}' ({meaning}), the data {gives} — {fix}")
+
+
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
