@@ -934,6 +934,16 @@ def define_cases() -> None:  # noqa: PLR0915 — one long list on purpose
          needles=("not LoRA",))
     case("compose-duplicate-name", cat, "add_adapter with a name already taken",
          module + "m.add_adapter('default', Lora(), ClassificationHead(), ['a', 'b'])\n", needles=("already exists",))
+    multitask = str(REPO / "configs/multitask/sentiment_intent.yaml")
+    case("multitask-tasks-unmatched", cat, "a model whose adapters are not named as the data's tasks",
+         fit("--model.init_args.adapter_name", "default", config=multitask), needles=("name the model's own",))
+    case("multitask-task-given-twice", cat, "a model task with the name of the module's own adapter",
+         fit("--model.init_args.adapter_name", "intent", config=multitask), needles=("given twice",))
+    case("multitask-rows-of-different-kinds", cat, "mix: rows over a classification task and an NER task",
+         fit("--data.init_args.tasks.intent", "lightning_adapters.tasks.conll2003.Conll2003DataModule",
+             config=multitask), needles=("mix: batches",))
+    case("multitask-unknown-sampling", cat, "an unknown task-sampling rule",
+         fit("--data.init_args.sampling", "balanced", config=multitask), needles=("unknown sampling",))
 
 
 def yaml_bomb() -> str:
