@@ -19,6 +19,7 @@ from test_generation import lm_dirs  # noqa: F401 — a fixture: tiny LMs with t
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -29,6 +30,7 @@ from lightning_adapters import (
     AdapterModule,
     Bottleneck,
     ClassificationHead,
+    FullFineTuning,
     GenerationHead,
     Lora,
     PrefixTuning,
@@ -50,12 +52,12 @@ HEADS = {  # name -> (head, label names, transformers class)
 REFUSED = "does not merge into the base — export ONNX or the adapter folder instead"
 
 
-def perturb(module: AdapterModule, seed: int = 1) -> AdapterModule:
+def perturb(module: AdapterModule, seed: int = 1, scale: float = 0.3) -> AdapterModule:
     """Trained-looking weights: a fresh adapter is the identity (LoRA's B and IA3's vectors), which would hide bugs."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, param in module.trainable_parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
     return module.eval()
 
 
@@ -115,7 +117,9 @@ def test_bert_heads_load_with_transformers_and_give_our_outputs(head, strategy, 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_llama_causal_lm_gives_our_logits_and_greedy_tokens(strategy, lm_dirs, tmp_path):  # noqa: F811
     chosen = Lora(r=2, target_modules=LLAMA_LINEAR) if strategy == "lora" else IA3()
-    module = perturb(AdapterModule(lm_dirs["llama"], strategy=chosen, head=GenerationHead(max_new_tokens=6)))
+    # smaller steps: LoRA on every projection and the LM head with 0.3 would give logits near 50, where fp32 rounding
+    # alone reaches 1e-4
+    module = perturb(AdapterModule(lm_dirs["llama"], strategy=chosen, head=GenerationHead(max_new_tokens=6)), scale=0.1)
     out = export(module, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = build_tokenizer()
@@ -129,6 +133,46 @@ def test_llama_causal_lm_gives_our_logits_and_greedy_tokens(strategy, lm_dirs, t
     assert diff < 1e-4
     assert torch.equal(ours_tokens, their_tokens) and their_tokens.shape[1] == batch["input_ids"].shape[1] + 6
     assert_plain(out)
+
+
+def test_t5_seq2seq_lm_gives_our_logits_and_greedy_tokens(lm_dirs, tmp_path):  # noqa: F811
+    module = perturb(AdapterModule(lm_dirs["t5"], strategy=Lora(r=2), head=GenerationHead(max_new_tokens=4)),
+                     scale=0.1)
+    out = export(module, tmp_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    batch = sample_batch(build_tokenizer())
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+             "labels": batch["input_ids"][:, :3].clone()}
+    diff = (theirs(model, batch) - ours(module, batch)).abs().max().item()
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+    ours_tokens = module.backbone.generate(**inputs, generation_config=module.task_head.generation_config(
+        module.backbone))
+    print(f"t5 seq2seq LM lora: max abs logit diff {diff:.2e}")
+    assert diff < 1e-4 and torch.equal(ours_tokens, model.generate(**inputs))
+
+
+def test_a_decoder_classifier_without_bias_exports_with_its_pad_token(model_dirs, tmp_path):
+    module = perturb(AdapterModule(model_dirs["llama"], strategy=IA3(), head=ClassificationHead(pooling="last"),
+                                   label_names=["a", "b", "c"]))
+    with torch.no_grad():
+        module.task_head.classifier.bias.zero_()  # transformers' score layer has none
+    out = export(module, tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    batch = sample_batch(build_tokenizer())  # right-padded: the last real token differs per row
+    diff = (theirs(model, batch) - ours(module, batch)).abs().max().item()
+    print(f"llama sequence (last token) ia3: max abs diff {diff:.2e}")
+    assert diff < 1e-4 and model.config.pad_token_id == build_tokenizer().pad_token_id
+
+
+def test_full_fine_tuning_exports_as_it_is(model_dirs, tmp_path):
+    module = perturb(AdapterModule(model_dirs["bert"], strategy=FullFineTuning(),
+                                   head=TokenClassificationHead(), label_names=["O", "B-ORG", "I-ORG"]), scale=0.02)
+    with pytest.warns(UserWarning, match="full fine-tuning exports every base weight"):
+        out = export(module, tmp_path)
+    batch = sample_batch(build_tokenizer())
+    diff = (theirs(AutoModelForTokenClassification.from_pretrained(out).eval(), batch) - ours(module, batch)).abs()
+    print(f"bert token full: max abs diff {diff.max().item():.2e}")
+    assert diff.max().item() < 1e-4
 
 
 def test_a_fresh_interpreter_loads_it_without_this_package(model_dirs, tmp_path):
