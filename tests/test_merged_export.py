@@ -219,6 +219,7 @@ def test_strategies_that_do_not_merge_are_refused(strategy, model_dirs, tmp_path
     ("bert", "mean", "no transformers class averages the tokens — train with pooling: pooler"),
     ("bert", "first", "classify the pooler's dense+tanh of the first token"),
     ("llama", "last", "score layer without bias, this head's classifier has a trained bias"),
+    ("roberta", "pooler", "RobertaForSequenceClassification is not laid out as this backbone plus one Linear"),
 ])
 def test_classification_heads_without_an_exact_transformers_head_are_refused(family, pooling, expected, model_dirs,
                                                                             tmp_path, capsys):
