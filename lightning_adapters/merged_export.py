@@ -105,7 +105,7 @@ def export_merged(source: AdapterModule | str | os.PathLike, out: str | os.PathL
     with torch.no_grad():
         expected = as_tensor(ours(work, probe))
     merge_copy(work)
-    model = task_model(work, plan, head, tokenizer)
+    model = task_model(work, plan, head)
     text = card(module, plan)
 
     def write(tmp: Path) -> None:
@@ -201,7 +201,7 @@ def tied_names(model: nn.Module) -> dict[int, list[str]]:
     return {key: names for key, names in seen.items() if len(names) > 1}
 
 
-def task_model(work: nn.Module, plan: Plan, head: nn.Module, tokenizer: Any) -> nn.Module:
+def task_model(work: nn.Module, plan: Plan, head: nn.Module) -> nn.Module:
     """The transformers model to save: the merged backbone itself (generation), or a task class holding it and our
     head's Linear — every one of its weights accounted for."""
     if plan.linear is None:

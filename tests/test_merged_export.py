@@ -40,6 +40,7 @@ from lightning_adapters import (
     save_adapter,
 )
 from lightning_adapters.cli import main
+from lightning_adapters.merged_export import export_merged
 
 LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 STRATEGIES = {"lora": lambda: Lora(r=2, target_modules="all-linear"), "ia3": IA3}
@@ -173,6 +174,17 @@ def test_full_fine_tuning_exports_as_it_is(model_dirs, tmp_path):
     diff = (theirs(AutoModelForTokenClassification.from_pretrained(out).eval(), batch) - ours(module, batch)).abs()
     print(f"bert token full: max abs diff {diff.max().item():.2e}")
     assert diff.max().item() < 1e-4
+
+
+def test_a_bfloat16_module_in_memory_exports_its_weights_in_fp32(model_dirs, tmp_path):
+    module = perturb(AdapterModule(model_dirs["bert"], strategy=Lora(r=2), head=TokenClassificationHead(),
+                                   label_names=["O", "B-ORG", "I-ORG"], dtype="bfloat16"))
+    out = export_merged(module, tmp_path / "merged")
+    assert_plain(out)
+    assert module.backbone.embeddings.word_embeddings.weight.dtype == torch.bfloat16  # the module is left as it was
+    batch = sample_batch(build_tokenizer())
+    model = AutoModelForTokenClassification.from_pretrained(out).eval()
+    assert (theirs(model, batch) - ours(module.float(), batch)).abs().max().item() < 1e-4  # bf16 values, fp32 math
 
 
 def test_a_fresh_interpreter_loads_it_without_this_package(model_dirs, tmp_path):
