@@ -2,7 +2,9 @@
 
 Pooling ``auto`` takes the last non-pad token for decoders (the only position that has seen the whole text under
 causal attention) and the mask-aware mean for encoders (works without a trained pooler and suits sentence-embedding
-models such as MiniLM). Encoder-decoder models classify from their encoder, as sentence-T5 does.
+models such as MiniLM). Encoder-decoder models classify from their encoder, as sentence-T5 does. ``pooler`` classifies
+the backbone's own pooler output (BERT's dense + tanh on ``[CLS]``, frozen with the base): exactly what
+``BertForSequenceClassification`` computes, so such a head exports as a plain transformers model (`merged_export`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.base import EpochMetrics, Stage, TaskHead, backbone_inputs, check_dropout, with_meta
 
-Pooling = Literal["auto", "first", "last", "mean"]
+Pooling = Literal["auto", "first", "last", "mean", "pooler"]
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -69,8 +71,8 @@ class ClassificationHead(TaskHead):
     """Sequence classification head.
 
     Args:
-        pooling: ``first`` token, ``last`` non-pad token, ``mean`` over tokens, or ``auto`` (last for decoders,
-            mean otherwise).
+        pooling: ``first`` token, ``last`` non-pad token, ``mean`` over tokens, ``pooler`` (the backbone's pooler
+            output, as ``BertForSequenceClassification``), or ``auto`` (last for decoders, mean otherwise).
         dropout: dropout on the pooled vector during training.
         class_weights: weight of each label in the loss, in label_names order, or ``balanced``: inverse label
             frequency in the training data (total / (classes × count)); default: every label weighs 1.
@@ -92,7 +94,11 @@ class ClassificationHead(TaskHead):
         self._pooling = pooling
 
     def prepare_backbone(self, model: nn.Module) -> nn.Module:
-        return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+        model = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+        if self.pooling == "pooler" and getattr(model, "pooler", None) is None:
+            raise UserInputError(f"pooling: pooler needs a backbone with a pooler layer (BERT, ALBERT); "
+                                 f"{type(model).__name__} has none — use first, last or mean")
+        return model
 
     def build(self, config: PretrainedConfig, label_names: list[str] | None, tokenizer: Any = None) -> None:
         if not label_names or len(label_names) < 2:
@@ -124,8 +130,11 @@ class ClassificationHead(TaskHead):
         return [float(w) for w in self.class_weights]
 
     def forward(self, backbone: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        hidden = backbone(**backbone_inputs(batch, backbone)).last_hidden_state
-        pooled = pool(hidden, batch["attention_mask"], self._pooling)
+        outputs = backbone(**backbone_inputs(batch, backbone))
+        if self._pooling == "pooler":
+            pooled = outputs.pooler_output
+        else:
+            pooled = pool(outputs.last_hidden_state, batch["attention_mask"], self._pooling)
         return self.classifier(self.drop(pooled.to(self.classifier.weight.dtype)))
 
     def loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
