@@ -9,8 +9,8 @@ returns the head's outputs: ``logits`` (classification ``batch x labels``, token
 labels``, a generation head's LM logits of one forward pass ``batch x sequence x vocab``; no generate loop) or
 ``start_logits`` and ``end_logits`` (question answering). Every strategy works, since the whole module is traced:
 adapter layers, LoRA/IA3 wrappers, prompt tuning's pre-hook and trim hook, prefix tuning's attention function.
-A JSON sidecar (``<out>.json``) names the inputs, outputs and their axes, the labels and the tokenizer to encode
-with, and the measured difference to PyTorch.
+A JSON sidecar (``<out>.json``) names the inputs, outputs and their axes, the labels, the tokenizer to encode with
+(a folder or hub id ``AutoTokenizer.from_pretrained`` reads) and the measured difference to PyTorch.
 
 Exporter: the dynamo one (``torch.export`` then ``torch.onnx.export(dynamo=True)``), not the TorchScript one. With
 torch 2.13 / transformers 5 the TorchScript tracer fails on prefix tuning (``aten::new_full`` with a boolean fill in
@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from lightning_adapters.atomic import atomic_write, check_can_create
+from lightning_adapters.backbone import resolve
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.heads import QuestionAnsweringHead
 from lightning_adapters.module import AdapterModule, load_adapter
@@ -291,7 +292,9 @@ def sidecar(module: AdapterModule, report: OnnxExport) -> dict[str, Any]:
         "inputs": {i.name: {"dtype": "int64", "shape": i.shape} for i in session.get_inputs()},
         "outputs": {o.name: {"dtype": "float32", "shape": o.shape} for o in session.get_outputs()},
         "label_names": module.labels_of(adapter),
-        "tokenizer": module.backbone_name,
+        "backbone": module.backbone_name,
+        # where AutoTokenizer.from_pretrained finds it without this library (an alias resolved to its folder)
+        "tokenizer": resolve(module.backbone_name).path,
         "head": type(module.head_of(adapter)).__name__,
         "strategy": type(module.strategy_of(adapter)).__name__,
         "precision": report.precision, "opset": report.opset,
