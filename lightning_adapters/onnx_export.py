@@ -153,10 +153,12 @@ def check_exportable(module: AdapterModule) -> None:
     if getattr(module.task_head, "encoder_decoder", False):
         raise UserInputError("an encoder-decoder generation model needs decoder inputs that one (input_ids, "
                              "attention_mask) graph does not take — export a decoder-only or an encoder model")
-    kinds = {p.dtype for p in module.backbone.parameters() if p.is_floating_point()}
-    if kinds != {torch.float32}:
-        raise UserInputError(f"the base model is {', '.join(sorted(map(str, kinds)))} — load it in float32 (no "
-                             "dtype) and pick precision='fp16' for a half-precision ONNX model")
+    # the frozen base only: adapters and head are kept fp32 whatever the base's dtype (AdapterModule._apply)
+    low = {str(p.dtype) for p in module.backbone.parameters() if p.is_floating_point() and not p.requires_grad}
+    low.discard(str(torch.float32))
+    if low:
+        raise UserInputError(f"the frozen base is {', '.join(sorted(low))} — load it in float32 (no dtype) and pick "
+                             "precision='fp16' for a half-precision ONNX model")
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     if size > PROTOBUF_LIMIT:
         raise UserInputError(f"the model's weights take {size / 2**30:.1f} GiB, over the 2 GiB one .onnx file holds "

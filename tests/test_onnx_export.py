@@ -159,11 +159,15 @@ def small_module(model_dirs) -> AdapterModule:
     ("missing folder", "does not exist — create"),
     ("out is a folder", "is a folder — pass the path of the .onnx file"),
     ("no adapter folder", "adapter folder .* does not exist"),
+    ("bfloat16 base", "the frozen base is torch.bfloat16 — load it in float32"),
 ])
-def test_bad_inputs_are_one_line_and_write_nothing(case, match, small_module, tmp_path):
+def test_bad_inputs_are_one_line_and_write_nothing(case, match, small_module, model_dirs, tmp_path):
     out = {"missing folder": tmp_path / "nope" / "model.onnx", "out is a folder": tmp_path}.get(case,
                                                                                                 tmp_path / "m.onnx")
     source = tmp_path / "no-adapter" if case == "no adapter folder" else small_module
+    if case == "bfloat16 base":
+        source = AdapterModule(model_dirs["bert"], strategy=STRATEGIES["lora"].build(), label_names=LABELS,
+                               dtype="bfloat16")
     options = {"precision": "int4"} if case == "precision" else {"opset": 13} if case == "opset" else {}
     with pytest.raises(UserInputError, match=match) as err:
         export_onnx(source, out, **options)
