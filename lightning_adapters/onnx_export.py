@@ -102,10 +102,10 @@ def export_onnx(source: AdapterModule | str | os.PathLike, out_path: str | os.Pa
         backbone: for a folder, another copy of its base model (default: the recorded one).
     """
     out = check_arguments(precision, opset, out_path)
+    require_onnx_packages()
     if not isinstance(source, AdapterModule):
         source = load_folder(source, backbone)
     check_exportable(source)
-    require_onnx_packages()
     with eval_mode(source):
         model_proto = trace(source, opset)
         report = OnnxExport(out, Path(f"{out}.json"), precision, opset)
@@ -115,6 +115,8 @@ def export_onnx(source: AdapterModule | str | os.PathLike, out_path: str | os.Pa
             if verify:
                 report.max_abs_diff, report.argmax_agreement = check_against_torch(source, tmp, precision)
 
+        # Each file appears whole or not at all, the model only once it passed the check; the sidecar follows it
+        # (it is read from the written model), so a failed check leaves both files as they were.
         atomic_write(out, write)
         atomic_write(report.sidecar, lambda tmp: Path(tmp).write_text(json.dumps(sidecar(source, report), indent=2)))
     return report
