@@ -22,6 +22,7 @@ from lightning_adapters.heads import (
 )
 from lightning_adapters.module import AdapterModule, load_adapter
 from lightning_adapters.named_adapters import TaskAdapter
+from lightning_adapters.onnx_export import export_onnx
 from lightning_adapters.predictor import Predictor
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.strategies import (
@@ -40,7 +41,7 @@ __all__ = ["IA3", "AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottlenec
            "MultiTaskDataModule", "Parallel", "Predictor", "PrefixTuning", "PromptTuning", "QADataModule",
            "QuestionAnsweringHead", "Stack", "Strategy", "SummarizationDataModule", "TaskAdapter", "TaskHead",
            "TextClassificationDataModule", "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError",
-           "load_adapter", "register_adapter_class", "save_adapter"]
+           "export_onnx", "load_adapter", "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"
 moved.install()  # old module paths fail with one line naming the new one
 __getattr__ = moved.package_getattr
