@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from lightning_adapters import serve_cli
 from lightning_adapters.adapter_folder import ADAPTER_FILES, save_adapter
 from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
 from lightning_adapters.errors import UserInputError, first_line
@@ -304,6 +305,10 @@ def newest_last_checkpoint(logger: Logger) -> tuple[Path, int | str] | None:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point (returns nothing: a returned object would become the process's exit status)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["serve"]:  # not a LightningCLI subcommand: its own argparse (serve_cli)
+        serve_cli.main(argv[1:])
+        return
     run_cli(args)
 
 
