@@ -135,6 +135,9 @@ class CheckRequests:
         except RequestError as err:
             await JSONResponse({"error": str(err)}, status_code=err.status)(scope, receive, send)
             return
+        # the body is JSON whatever the client declared (curl -d says form data, which LitServe would parse as a form)
+        headers = [(key, value) for key, value in scope["headers"] if key != b"content-type"]
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         replayed = False
 
         async def replay():

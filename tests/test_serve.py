@@ -5,8 +5,10 @@ are one line and exit status 2."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,7 +81,8 @@ def server(folders, tmp_path_factory):
                *(f"{name}={folders[name]}" for name in ("sentiment", "intent", "qa")), "--port", str(port),
                "--max-batch-size", "8", "--batch-timeout", "0.05", "--max-chars", str(MAX_CHARS), "--max-inputs", "8"]
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                   start_new_session=True)  # its own process group: LitServe's workers end with it
     try:
         deadline = time.monotonic() + 150
         while True:
@@ -93,7 +96,8 @@ def server(folders, tmp_path_factory):
             time.sleep(0.5)
         yield port
     finally:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):  # the group: killing the main process alone orphans workers
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
 
@@ -165,6 +169,13 @@ def test_bad_requests_get_a_4xx_with_one_line_and_the_server_keeps_answering(ser
         if not i % 2:
             same_rows(answer["predictions"], expected["sentiment"], 1e-5)
     assert call(server, "/health")[0] == 200
+
+
+def test_a_body_sent_as_form_data_is_read_as_json(server, expected):
+    request = urllib.request.Request(f"http://127.0.0.1:{server}/predict", data=json.dumps(
+        {"adapter": "intent", "inputs": TEXTS}).encode())  # urllib, like curl -d, declares form data
+    with urllib.request.urlopen(request, timeout=60) as response:
+        same_rows(json.loads(response.read())["predictions"], expected["intent"], 1e-5)
 
 
 def test_adapters_lists_labels_head_and_strategy(server):

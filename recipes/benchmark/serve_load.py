@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import subprocess
@@ -151,10 +152,12 @@ def load(port: int, bodies: list[dict], clients: int) -> dict[str, float]:
 def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                   start_new_session=True)  # its own process group: `stop` ends its workers too
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop(process)
             raise SystemExit(f"server exited ({process.returncode}): {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
@@ -163,7 +166,7 @@ def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
         except OSError:
             pass
         time.sleep(0.5)
-    process.kill()
+    stop(process)
     raise SystemExit(f"server not ready in 300 s: {log.read_text()[-2000:]}")
 
 
@@ -206,8 +209,17 @@ def run_server(name: str, command: list[str], port: int, bodies: list[dict], arg
         print(f"{name}: " + ", ".join(f"{key} {value:.1f}" for key, value in figures.items()), flush=True)
         return figures
     finally:
-        process.kill()
-        process.wait(timeout=30)
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kill the server's process group: killing its main process alone leaves LitServe's workers running (and
+    taking CPU from the next measurement)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the group is gone already
+        pass
+    process.wait(timeout=30)
 
 
 def main() -> None:
