@@ -8,6 +8,7 @@ is not an adapter folder, adapters trained on different bases, a missing LitServ
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from lightning_adapters.errors import UserInputError, first_line
@@ -76,4 +77,11 @@ def main(argv: list[str]) -> None:
     except UserInputError as err:
         print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     server.run(host=args.host, port=args.port, generate_client_file=False)
+
+
+def stop_on_sigterm(signum, frame):
+    """LitServe shuts its HTTP and worker processes down on Ctrl-C (KeyboardInterrupt); a plain SIGTERM (``kill``,
+    systemd, docker stop) would end this process only and leave them holding the port and the model."""
+    raise KeyboardInterrupt

@@ -73,8 +73,9 @@ def call(port: int, path: str, body: bytes | dict | None = None) -> tuple[int, d
 
 
 @pytest.fixture(scope="module")
-def server(folders, tmp_path_factory):
-    """The real server process (``python -m lightning_adapters.cli serve``) on a free port; killed afterwards."""
+def server_process(folders, tmp_path_factory):
+    """The real server process (``python -m lightning_adapters.cli serve``) on a free port, and the port; its process
+    group is killed afterwards."""
     port, log = free_port(), tmp_path_factory.mktemp("log") / "server.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "lightning_adapters.cli", "serve", "--adapters",
@@ -94,11 +95,16 @@ def server(folders, tmp_path_factory):
             except (urllib.error.URLError, ConnectionError):
                 pass
             time.sleep(0.5)
-        yield port
+        yield process, port
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group: killing the main process alone orphans workers
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(server_process) -> int:
+    return server_process[1]
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +192,22 @@ def test_adapters_lists_labels_head_and_strategy(server):
     assert by_name["sentiment"]["labels"] == ["negative", "neutral", "positive"]
     assert by_name["intent"]["head"] == "ClassificationHead" and by_name["intent"]["strategy"] == "Lora"
     assert by_name["qa"]["head"] == "QuestionAnsweringHead" and by_name["qa"]["labels"] is None
+
+
+def test_sigterm_stops_every_server_process(server_process):  # last of the server's tests: it stops it
+    process, port = server_process
+    process.terminate()  # the main process only, as `kill PID`, systemd or docker stop do
+    assert process.wait(timeout=40) == 0  # reaped: from here on, a member of its group is another process
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break  # no process of the group is left: HTTP and worker processes ended with the main one
+        time.sleep(0.5)
+    else:
+        left = subprocess.run(["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True)
+        pytest.fail(f"server processes still running after SIGTERM: {left.stdout}")
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
