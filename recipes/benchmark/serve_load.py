@@ -9,7 +9,9 @@ load: ``--clients`` threads send ``--requests`` requests in all, each ``POST /pr
 bundled ``tasks/finance_sentiment/sample/test.csv`` and an adapter drawn at random (seeded), as fast as answers come
 back (closed loop). Latency is per request, as the client sees it (connect, send, wait, read).
 
-The two servers, run one after the other in this process's machine, each in a fresh process (same torch threads):
+The two servers, each in its own fresh process group (same torch threads), are started one after the other, then
+loaded in turn: ``--rounds`` rounds (default 4), the order alternating, each round ``requests / rounds`` requests,
+the idle server paused (SIGSTOP) — so load from other work on a shared machine falls on both alike:
 
 - ``lightning-adapters serve``: one worker holding the base once and the K adapters on it; LitServe gathers
   concurrent requests into dynamic batches (``--max-batch-size``, ``--batch-timeout``), answered per adapter.
@@ -113,7 +115,10 @@ def naive_server(port: int, adapters: list[str]) -> None:
         def log_message(self, *args):
             pass
 
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # the default backlog (5) refuses connections from 16 clients at once
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
 
 
 # ---- load ---------------------------------------------------------------------------------------------------------
@@ -130,7 +135,8 @@ def post(port: int, body: dict) -> int:
         return -1
 
 
-def load(port: int, bodies: list[dict], clients: int) -> dict[str, float]:
+def load(port: int, bodies: list[dict], clients: int) -> tuple[list[float], int, float]:
+    """Send ``bodies`` from ``clients`` threads, closed loop: (latencies in s, failed requests, wall time in s)."""
     latencies, failures, lock = [], [0], threading.Lock()
 
     def one(body: dict) -> None:
@@ -143,10 +149,13 @@ def load(port: int, bodies: list[dict], clients: int) -> dict[str, float]:
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, bodies))
-    wall = time.perf_counter() - start
+    return latencies, failures[0], time.perf_counter() - start
+
+
+def figures(latencies: list[float], failed: int, wall: float) -> dict[str, float]:
     cuts = statistics.quantiles(latencies, n=100)
-    return {"requests/s": len(bodies) / wall, "p50 latency": 1000 * statistics.median(latencies),
-            "p99 latency": 1000 * cuts[98], "failed requests": failures[0], "wall": wall}
+    return {"requests/s": len(latencies) / wall, "p50 latency": 1000 * statistics.median(latencies),
+            "p99 latency": 1000 * cuts[98], "failed requests": failed}
 
 
 def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
@@ -200,22 +209,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_server(name: str, command: list[str], port: int, bodies: list[dict], args, log: Path) -> dict[str, float]:
-    process = start(command, port, log)
-    try:
-        memory = tree_pss_mib(process)
+def measure(servers: dict[str, tuple[subprocess.Popen, int]], bodies: list[dict], args) -> dict[str, dict]:
+    """Both servers loaded in turn over ``--rounds`` rounds (order alternating), the idle one paused (SIGSTOP: an
+    idle LitServe worker polls its queue), so that other work on a shared machine falls on both alike; each
+    server's figures pool its rounds."""
+    pooled = {name: ([], 0, 0.0) for name in servers}
+    for process, port in servers.values():
+        os.killpg(process.pid, signal.SIGCONT)
         load(port, bodies[: args.clients * 4], args.clients)  # warm-up: first batches, lazy initialisation
-        figures = load(port, bodies, args.clients) | {"server memory (PSS)": memory}
-        print(f"{name}: " + ", ".join(f"{key} {value:.1f}" for key, value in figures.items()), flush=True)
-        return figures
-    finally:
-        stop(process)
+        os.killpg(process.pid, signal.SIGSTOP)
+    share = len(bodies) // args.rounds
+    for number in range(args.rounds):
+        for name in list(servers)[:: 1 if number % 2 == 0 else -1]:
+            process, port = servers[name]
+            os.killpg(process.pid, signal.SIGCONT)
+            latencies, failed, wall = load(port, bodies[number * share:(number + 1) * share], args.clients)
+            os.killpg(process.pid, signal.SIGSTOP)
+            done = pooled[name]
+            pooled[name] = (done[0] + latencies, done[1] + failed, done[2] + wall)
+    for process, _ in servers.values():
+        os.killpg(process.pid, signal.SIGCONT)
+    return {name: figures(*pooled[name]) for name in servers}
 
 
 def stop(process: subprocess.Popen) -> None:
     """Kill the server's process group: killing its main process alone leaves LitServe's workers running (and
     taking CPU from the next measurement)."""
     try:
+        os.killpg(process.pid, signal.SIGCONT)  # a paused group still dies on SIGKILL; resumed, it reaps cleanly
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:  # the group is gone already
         pass
@@ -229,6 +250,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=3, choices=(2, 3, 4))
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout", type=float, default=0.01)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved load rounds per server")
     parser.add_argument("--out", type=Path, default=_report.default_out(BENCHMARK))
     parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--names", nargs="*", help=argparse.SUPPRESS)
@@ -244,28 +266,39 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_adapters(Path(tmp), args.adapters)
-        port = free_port()
-        ours = run_server(OURS, [sys.executable, "-m", "lightning_adapters.cli", "serve", "--port", str(port),
-                                 "--max-batch-size", str(args.max_batch_size), "--batch-timeout",
-                                 str(args.batch_timeout), "--adapters", *(f"{n}={f}" for n, f in folders.items())],
-                          port, bodies, args, Path(tmp) / "ours.log")
-        port = free_port()
-        naive = run_server(NAIVE, [sys.executable, __file__, "--naive-server", str(port), "--names", *names],
-                           port, bodies, args, Path(tmp) / "naive.log")
+        commands = {OURS: [sys.executable, "-m", "lightning_adapters.cli", "serve", "--max-batch-size",
+                           str(args.max_batch_size), "--batch-timeout", str(args.batch_timeout), "--adapters",
+                           *(f"{n}={f}" for n, f in folders.items()), "--port"],
+                    NAIVE: [sys.executable, __file__, "--names", *names, "--naive-server"]}
+        servers, memory = {}, {}
+        try:
+            for name, command in commands.items():  # one at a time: start-up is not measured under the other
+                port = free_port()
+                servers[name] = (start([*command, str(port)], port, Path(tmp) / f"{len(servers)}.log"), port)
+                memory[name] = tree_pss_mib(servers[name][0])
+                os.killpg(servers[name][0].pid, signal.SIGSTOP)
+            results = measure(servers, bodies, args)
+        finally:
+            for process, _ in servers.values():
+                stop(process)
+    ours, naive = ({**results[name], "server memory (PSS)": memory[name]} for name in (OURS, NAIVE))
+    for name, found in ((OURS, ours), (NAIVE, naive)):
+        print(f"{name}: " + ", ".join(f"{key} {value:.1f}" for key, value in found.items()), flush=True)
     write(args, ours, naive)
 
 
 def write(args, ours: dict[str, float], naive: dict[str, float]) -> None:
     load_avg = os.getloadavg()[0]
     setup = (f"minilm, K={args.adapters} LoRA r=8 classification adapters, {args.clients} concurrent clients, "
-             f"{args.requests} requests of one sentence each (adapter drawn at random), max batch "
+             f"{args.requests} requests of one sentence each (adapter drawn at random) in {args.rounds} interleaved "
+             "rounds, max batch "
              f"{args.max_batch_size}, batch timeout {args.batch_timeout}s, 1 worker, {_report.hardware()}, "
              f"1-min load average {load_avg:.1f} at end, {_report.versions()}")
     units = {"requests/s": "1/s", "p50 latency": "ms", "p99 latency": "ms", "failed requests": "requests",
              "server memory (PSS)": "MiB"}
     records = [_report.record(BENCHMARK, "HTTP classification, mixed adapters", method, metric,
-                              round(figures[metric], 2), unit, setup)
-               for method, figures in ((OURS, ours), (NAIVE, naive)) for metric, unit in units.items()]
+                              round(found[metric], 2), unit, setup)
+               for method, found in ((OURS, ours), (NAIVE, naive)) for metric, unit in units.items()]
     _report.write_json(args.out, records)
     rows = [[method, f"{f['requests/s']:.1f}", f"{f['p50 latency']:.0f}", f"{f['p99 latency']:.0f}",
              int(f["failed requests"]), f"{f['server memory (PSS)']:.0f}"] for method, f in ((OURS, ours),
