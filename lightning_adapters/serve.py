@@ -88,7 +88,15 @@ def describe(name: str, folder: str, config: dict) -> AdapterInfo:
 
 def data_class(folder: str, head: TaskHead) -> type[SplitDataModule]:
     """The DataModule `Predictor.from_adapter` picks for this folder (its card's, else the head's task family)."""
-    return recorded_data(folder, head) or task_data(head)
+    found = recorded_data(folder, head)
+    if found is not None:
+        return found
+    try:
+        return task_data(head)
+    except UserInputError as err:  # a generation head reads summarization or dialogue rows: the card says which
+        raise UserInputError(f"adapter '{folder}': its model card names no training data, and {type(head).__name__} "
+                             "reads summarization or dialogue rows — export it with lightning-adapters fit, or "
+                             "save_adapter(..., card={'data': '`<DataModule class path>`'})") from err
 
 
 # ---- the worker ---------------------------------------------------------------------------------------------------

@@ -20,9 +20,18 @@ from pathlib import Path
 
 import pytest
 from conftest import build_model, build_tokenizer
+from test_generation import lm_dirs  # noqa: F401 — a fixture: tiny LMs with their LM heads
 from test_predictor import perturb, same_rows
 
-from lightning_adapters import AdapterModule, ClassificationHead, Lora, Predictor, QuestionAnsweringHead, save_adapter
+from lightning_adapters import (
+    AdapterModule,
+    ClassificationHead,
+    GenerationHead,
+    Lora,
+    Predictor,
+    QuestionAnsweringHead,
+    save_adapter,
+)
 from lightning_adapters.serve_cli import main as serve_main
 
 pytest.importorskip("litserve")
@@ -35,9 +44,9 @@ MAX_CHARS = 400
 
 
 @pytest.fixture(scope="module")
-def folders(model_dirs, tmp_path_factory) -> dict[str, str]:
-    """Three adapters of one tiny BERT (two classifiers with random, different weights; one QA) and one classifier
-    of another BERT (other weights, same architecture)."""
+def folders(model_dirs, lm_dirs, tmp_path_factory) -> dict[str, str]:  # noqa: F811
+    """Three adapters of one tiny BERT (two classifiers with random, different weights; one QA), one classifier
+    of another BERT (other weights, same architecture) and a generation adapter saved without a model card."""
     root = tmp_path_factory.mktemp("served")
     bert = model_dirs["bert"]
     made = {"sentiment": AdapterModule(bert, strategy=Lora(r=2), head=ClassificationHead(),
@@ -49,6 +58,7 @@ def folders(model_dirs, tmp_path_factory) -> dict[str, str]:
     build_model("bert", seed=7).save_pretrained(other)
     build_tokenizer().save_pretrained(other)
     made["other"] = AdapterModule(str(other), strategy=Lora(r=2), head=ClassificationHead(), label_names=["a", "b"])
+    made["generation"] = AdapterModule(lm_dirs["gpt2"], strategy=Lora(r=2), head=GenerationHead(max_new_tokens=2))
     for seed, (name, module) in enumerate(made.items(), start=1):
         save_adapter(perturb(module, seed), root / name)
     return {name: str(root / name) for name in made}
@@ -72,15 +82,13 @@ def call(port: int, path: str, body: bytes | dict | None = None) -> tuple[int, d
     return status, json.loads(text) if path != "/health" else text.decode()  # /health answers plain "ok"
 
 
-@pytest.fixture(scope="module")
-def server_process(folders, tmp_path_factory):
-    """The real server process (``python -m lightning_adapters.cli serve``) on a free port, and the port; its process
-    group is killed afterwards."""
-    port, log = free_port(), tmp_path_factory.mktemp("log") / "server.log"
+@contextlib.contextmanager
+def running_server(arguments: list[str], log: Path):
+    """The real server process (``python -m lightning_adapters.cli serve ARGUMENTS``) on a free port, ready; yields
+    (process, port) and kills its process group afterwards."""
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "lightning_adapters.cli", "serve", "--adapters",
-               *(f"{name}={folders[name]}" for name in ("sentiment", "intent", "qa")), "--port", str(port),
-               "--max-batch-size", "8", "--batch-timeout", "0.05", "--max-chars", str(MAX_CHARS), "--max-inputs", "8"]
+    command = [sys.executable, "-m", "lightning_adapters.cli", "serve", *arguments, "--port", str(port)]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                    start_new_session=True)  # its own process group: LitServe's workers end with it
@@ -100,6 +108,16 @@ def server_process(folders, tmp_path_factory):
         with contextlib.suppress(ProcessLookupError):  # the group: killing the main process alone orphans workers
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server_process(folders, tmp_path_factory):
+    """Three adapters of one base behind one server, small limits so that the 413s are cheap to reach."""
+    arguments = ["--adapters", *(f"{name}={folders[name]}" for name in ("sentiment", "intent", "qa")),
+                 "--max-batch-size", "8", "--batch-timeout", "0.05", "--max-chars", str(MAX_CHARS),
+                 "--max-inputs", "8"]
+    with running_server(arguments, tmp_path_factory.mktemp("log") / "server.log") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -210,12 +228,25 @@ def test_sigterm_stops_every_server_process(server_process):  # last of the serv
         pytest.fail(f"server processes still running after SIGTERM: {left.stdout}")
 
 
+def test_a_generation_adapter_answers_its_generated_text(lm_dirs, tmp_path):  # noqa: F811
+    module = perturb(AdapterModule(lm_dirs["gpt2"], strategy=Lora(r=2), head=GenerationHead(max_new_tokens=4)))
+    card = {"data": "`lightning_adapters.data.summarization.SummarizationDataModule`, train_file=x.jsonl"}
+    save_adapter(module, tmp_path / "summarizer", card=card)  # as fit exports it: the card names its data
+    sources = ["the company profit rose in the quarter", "bank card cut"]
+    expected = Predictor.from_adapter(tmp_path / "summarizer").predict(sources)
+    with running_server(["--adapters", f"summary={tmp_path / 'summarizer'}"], tmp_path / "server.log") as (_, port):
+        status, answer = call(port, "/predict", {"adapter": "summary", "inputs": sources})
+    assert status == 200 and all(row["generated"] for row in answer["predictions"]), answer
+    same_rows(answer["predictions"], expected, 0)
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["a={sentiment}", "b={other}"], "was trained on base model"),
     (["a={sentiment}", "b=no-such-folder"], "no adapter_config.json in 'no-such-folder'"),
     (["a={sentiment}", "a={intent}"], "adapter name 'a' is given twice"),
     (["{sentiment}"], "is not NAME=DIR"),
     (["1st={sentiment}"], "must be a word"),
+    (["g={generation}"], "its model card names no training data"),
 ])
 def test_startup_refusals_are_one_line_with_status_2(folders, capsys, arguments, message):
     with pytest.raises(SystemExit) as stop:
