@@ -68,7 +68,12 @@ def split_pairs(values: list[str]) -> list[tuple[str, str]]:
 
 
 def main(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if not 0 <= args.batch_timeout < args.timeout:  # LitServe would raise a traceback for the second
+        cli.error(f"--batch-timeout {args.batch_timeout} must be at least 0 and below --timeout {args.timeout}")
+    if not 0 <= args.port <= 65535:
+        cli.error(f"--port {args.port} is not a TCP port (0-65535)")
     try:
         require_litserve()
         adapters = read_adapters(split_pairs(args.adapters))

@@ -247,6 +247,7 @@ def test_a_generation_adapter_answers_its_generated_text(lm_dirs, tmp_path):  # 
     (["{sentiment}"], "is not NAME=DIR"),
     (["1st={sentiment}"], "must be a word"),
     (["g={generation}"], "its model card names no training data"),
+    (["a={sentiment}", "--batch-timeout", "40"], "--batch-timeout 40.0 must be at least 0 and below --timeout 30.0"),
 ])
 def test_startup_refusals_are_one_line_with_status_2(folders, capsys, arguments, message):
     with pytest.raises(SystemExit) as stop:
