@@ -17,6 +17,7 @@ streaming is not implemented.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,13 @@ class AdaptersAPI(LitAPI):
     """One base, several adapters; a dynamic batch is answered adapter by adapter (see the module docstring)."""
 
     def __init__(self, adapters: dict[str, AdapterInfo], max_batch_size: int = 16, batch_timeout: float = 0.01,
-                 forward_batch_size: int = 32) -> None:
+                 forward_batch_size: int = 32, threads: int | None = None) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
-        self.adapters, self.forward_batch_size = adapters, forward_batch_size
+        self.adapters, self.forward_batch_size, self.threads = adapters, forward_batch_size, threads
 
     def setup(self, device: str) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         try:
             self.predictors, self.internal = load_predictors(self.adapters, device, self.forward_batch_size)
         except UserInputError as err:  # a worker cannot return it: say it on one line and stop the worker
@@ -219,12 +222,23 @@ def predict_alone(predictor: Predictor, adapter: str, rows: list[dict[str, Any]]
 
 
 # ---- the server ---------------------------------------------------------------------------------------------------
+def worker_threads(workers: int, accelerator: str) -> int | None:
+    """Torch threads per CPU worker: the cores shared among the workers and LitServe's HTTP process. With torch's
+    default (every core) a worker's threads spin on cores the HTTP process needs: on 2 cores, 1 worker served
+    ~13 requests/s with 2 threads and ~70 with 1 (recipes/benchmark/serve_load.py). None on a GPU."""
+    if accelerator != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) // (workers + 1))
+
+
 def build_server(adapters: dict[str, AdapterInfo], max_batch_size: int = 16, batch_timeout: float = 0.01,
                  workers: int = 1, max_chars: int = 10_000, max_inputs: int = 64, accelerator: str = "cpu",
-                 timeout: float = 30.0):
-    """The LitServer: request checks in front (`CheckRequests`), ``GET /adapters`` beside LitServe's routes."""
+                 timeout: float = 30.0, threads: int | None = None):
+    """The LitServer: request checks in front (`CheckRequests`), ``GET /adapters`` beside LitServe's routes.
+    ``threads``: torch threads per worker (default: `worker_threads`)."""
     require_litserve()
-    api = AdaptersAPI(adapters, max_batch_size, batch_timeout)
+    threads = threads if threads is not None else worker_threads(workers, accelerator)
+    api = AdaptersAPI(adapters, max_batch_size, batch_timeout, threads=threads)
     shapes = {name: vars(info) for name, info in adapters.items()}
     payload = 8 * max_chars * max_inputs + 65_536  # JSON escapes: up to 6 bytes a character
     server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,

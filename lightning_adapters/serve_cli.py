@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
                      help="longest input (characters) a request may carry: 413 above it")
     cli.add_argument("--max-inputs", type=positive(int), default=64, help="most inputs in one request: 413 above it")
     cli.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where the workers run")
+    cli.add_argument("--threads", type=positive(int), default=None,
+                     help="torch threads per CPU worker (default: the cores divided among the workers and the HTTP "
+                          "process, at least 1)")
     cli.add_argument("--timeout", type=positive(float), default=30.0,
                      help="seconds a request may wait for its answer (504 after)")
     return cli
@@ -78,7 +81,7 @@ def main(argv: list[str]) -> None:
         require_litserve()
         adapters = read_adapters(split_pairs(args.adapters))
         server = build_server(adapters, args.max_batch_size, args.batch_timeout, args.workers, args.max_chars,
-                              args.max_inputs, args.device, args.timeout)
+                              args.max_inputs, args.device, args.timeout, args.threads)
     except UserInputError as err:
         print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)

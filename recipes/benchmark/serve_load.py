@@ -9,17 +9,19 @@ load: ``--clients`` threads send ``--requests`` requests in all, each ``POST /pr
 bundled ``tasks/finance_sentiment/sample/test.csv`` and an adapter drawn at random (seeded), as fast as answers come
 back (closed loop). Latency is per request, as the client sees it (connect, send, wait, read).
 
-The two servers, each in its own fresh process group (same torch threads), are started one after the other, then
+The two servers, each in its own fresh process group, are started one after the other, then
 loaded in turn: ``--rounds`` rounds (default 4), the order alternating, each round ``requests / rounds`` requests,
 the idle server paused (SIGSTOP) — so load from other work on a shared machine falls on both alike:
 
 - ``lightning-adapters serve``: one worker holding the base once and the K adapters on it; LitServe gathers
-  concurrent requests into dynamic batches (``--max-batch-size``, ``--batch-timeout``), answered per adapter.
+  concurrent requests into dynamic batches (``--max-batch-size``, ``--batch-timeout``), answered per adapter; torch
+  threads: its default (``--threads``: the cores divided among the worker and the HTTP process, 1 on 2 cores).
 - naive: what serving K fine-tuned models usually looks like without adapters — one process holding one
   ``transformers.pipeline("text-classification")`` per adapter (K full copies of MiniLM with a classification head
   of that adapter's label count: ``AutoModelForSequenceClassification``, random head, the same compute per request as
   an adapted model; its answers are not ours), behind the standard library's ``ThreadingHTTPServer``: each request
-  runs its adapter's pipeline on its one text at once, in its own thread (no batching across requests).
+  runs its adapter's pipeline on its one text at once, in its own thread (no batching across requests); torch
+  threads: torch's default (every core; 1 thread measured the same here).
 
 Figures: requests/s (requests / wall time of the load), p50 and p99 latency, failed requests (non-200 or error: must
 be 0), and the memory of each server's process tree after start-up (model weights; LitServe's HTTP process
@@ -292,7 +294,8 @@ def write(args, ours: dict[str, float], naive: dict[str, float]) -> None:
     setup = (f"minilm, K={args.adapters} LoRA r=8 classification adapters, {args.clients} concurrent clients, "
              f"{args.requests} requests of one sentence each (adapter drawn at random) in {args.rounds} interleaved "
              "rounds, max batch "
-             f"{args.max_batch_size}, batch timeout {args.batch_timeout}s, 1 worker, {_report.hardware()}, "
+             f"{args.max_batch_size}, batch timeout {args.batch_timeout}s, 1 worker (its default torch threads), "
+             f"{_report.hardware()}, "
              f"1-min load average {load_avg:.1f} at end, {_report.versions()}")
     units = {"requests/s": "1/s", "p50 latency": "ms", "p99 latency": "ms", "failed requests": "requests",
              "server memory (PSS)": "MiB"}
