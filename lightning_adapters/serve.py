@@ -140,8 +140,8 @@ class AdaptersAPI(LitAPI):
         return answers if batched else answers[0]
 
     def answer(self, name: str, requests: list[list[Any]]) -> list[list[dict] | UserInputError]:
-        """Each request's rows from adapter ``name``: all requests in one `Predictor.predict` call; if the data
-        refuses one of them, each request alone, so that only the bad one fails."""
+        """Each request's rows from adapter ``name``: all requests encoded and run together (`predict_routed`); if
+        the data refuses one of them, each request alone, so that only the bad one fails."""
         predictor, adapter = self.predictors[name], self.internal[name]
         rows, answers = [], []
         for inputs in requests:
