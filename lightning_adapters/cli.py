@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from lightning_adapters import export_cli
+from lightning_adapters import export_cli, serve_cli
 from lightning_adapters.adapter_folder import ADAPTER_FILES, save_adapter
 from lightning_adapters.atomic import AtomicCheckpointIO, check_can_create, check_replaceable
 from lightning_adapters.errors import UserInputError, first_line
@@ -306,8 +306,10 @@ def newest_last_checkpoint(logger: Logger) -> tuple[Path, int | str] | None:
 def main(args: list[str] | None = None) -> None:
     """Console entry point (returns nothing: a returned object would become the process's exit status)."""
     argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["export"]:  # not a Lightning subcommand: its own small parser
-        return export_cli.main(argv[1:])
+    own = {"export": export_cli.main, "serve": serve_cli.main}  # not Lightning subcommands: their own small parsers
+    if argv[:1] and argv[0] in own:
+        own[argv[0]](argv[1:])
+        return
     run_cli(args)
 
 
