@@ -265,7 +265,7 @@ def test_bad_folders_and_a_foreign_out_are_refused_and_nothing_is_written(model_
     line = refused(["--adapter", str(corrupt), "--merged", str(foreign)], capsys)
     assert "holds files a merged export does not write (e.g. 'notes.txt')" in line
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
-    assert "one of the arguments --merged is required" in refused(["--adapter", str(corrupt)], capsys)
+    assert "one of the arguments --merged --onnx is required" in refused(["--adapter", str(corrupt)], capsys)
 
 
 @pytest.mark.slow
