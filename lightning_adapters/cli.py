@@ -45,6 +45,8 @@ OVERVIEW = """\
 Parameter-efficient fine-tuning of Hugging Face models under PyTorch Lightning.
 
   lightning-adapters fit|validate|test|predict --config FILE [--key value ...]
+  lightning-adapters export --adapter DIR --merged OUT | --onnx OUT.onnx   (see export --help)
+  lightning-adapters serve --adapters NAME=DIR [NAME=DIR ...] [--port N]    (see serve --help)
 
 Options of ours first (the full list below also holds every Trainer flag):
   --config FILE                    a shipped experiment, e.g. configs/finance_sentiment/bottleneck.yaml
