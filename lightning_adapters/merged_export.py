@@ -99,7 +99,7 @@ def export_merged(source: AdapterModule | str | os.PathLike, out: str | os.PathL
     head = module.task_head
     tokenizer = head.tokenizer if isinstance(head, GenerationHead) else hf.load_tokenizer(module.backbone_name)
     plan = plan_for(head, module.backbone.config, tokenizer)
-    work = copy.deepcopy(module.backbone).float().cpu().eval()
+    work = plain_fp32_copy(module.backbone)
     ours = copy.deepcopy(head).float().cpu().eval()
     probe = probe_batch(tokenizer, work.config, isinstance(head, GenerationHead) and ours.encoder_decoder)
     with torch.no_grad():
@@ -199,6 +199,30 @@ def tied_names(model: nn.Module) -> dict[int, list[str]]:
     for name, param in model.named_parameters(remove_duplicate=False):
         seen.setdefault(id(param), []).append(name)
     return {key: names for key, names in seen.items() if len(names) > 1}
+
+
+def plain_fp32_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` that saves as a plain transformers model.
+
+    A base read from a GGUF file (SmolLM2) holds dequantized weights, but transformers still flags it as quantized:
+    it refuses ``.float()`` and would write the GGUF quantization config into config.json, so that the export could
+    not load without the GGUF file. The flag goes; the weights are plain already. A base whose weights really are
+    quantized (bitsandbytes, ...) has no full-precision weights to fold an adapter into: refused.
+    """
+    quantization = getattr(model.config, "quantization_config", None)
+    method = getattr(quantization, "quant_method", None)
+    method = getattr(method, "value", method)
+    if quantization is not None and method != "gguf":
+        raise UserInputError(f"the base model is quantized ({method}), so there are no full-precision weights to fold "
+                             "the adapter into — load the base unquantized to export it merged")
+    copied = copy.deepcopy(model)
+    if quantization is not None:
+        copied.hf_quantizer, copied.is_quantized = None, False
+        del copied.config.quantization_config
+    for tensor in [*copied.parameters(), *copied.buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.float()
+    return copied.cpu().eval()
 
 
 def task_model(work: nn.Module, plan: Plan, head: nn.Module) -> nn.Module:
