@@ -29,6 +29,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,17 +267,25 @@ def run_one(method: str, lr: float, seed: int, folders: dict[str, Path], args: a
     return run
 
 
-def run_all(folders: dict[str, Path], args: argparse.Namespace, out: Path) -> tuple[list[Run], dict[str, float]]:
+def choose(runs: list[Run], method: str, seed: int) -> float:
+    """The learning rate of ``method``'s grid run at ``seed`` with the best validation accuracy (ties: the first)."""
+    tried = [r for r in runs if r.method == method and r.seed == seed]
+    return max(tried, key=lambda r: (r.val_accuracy, -tried.index(r))).lr
+
+
+def run_all(folders: dict[str, Path], args: argparse.Namespace, out: Path,
+            done: Callable[[list[Run], dict[str, float]], None]) -> tuple[list[Run], dict[str, float]]:
     """Per method: its grid at the first seed, the learning rate with the best validation accuracy (ties: the first
-    listed), then the other seeds at that rate. Returns every run and each method's chosen rate."""
+    listed), then the other seeds at that rate; ``done`` (the report) after each method. Returns every run and each
+    method's chosen rate."""
     runs, chosen = [], {}
     for method in args.methods:
         grid = getattr(args, GRID_FLAGS[method]) or [chosen.get(ADAPTER, args.adapter_lr[0])]
-        tried = [run_one(method, lr, args.seeds[0], folders, args) for lr in grid]
-        chosen[method] = max(tried, key=lambda r: (r.val_accuracy, -tried.index(r))).lr
-        runs += tried
+        runs += [run_one(method, lr, args.seeds[0], folders, args) for lr in grid]
+        chosen[method] = choose(runs, method, args.seeds[0])
         runs += [run_one(method, chosen[method], seed, folders, args) for seed in args.seeds[1:]]
         (out / "partial.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+        done(runs, chosen)
     return runs, chosen
 
 
@@ -451,6 +460,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--from-runs", type=Path, default=None, metavar="PARTIAL_JSON",
+                   help="train nothing: write the report from a stopped run's partial.json (the methods it finished; "
+                        "give the run's other options again)")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs = args.source_epochs = 1
@@ -472,12 +484,32 @@ def main(argv: list[str] | None = None) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     start, cpu = time.perf_counter(), time.process_time()
     n_test = check_no_leak(lowagree_data(args), target_data(args, args.seeds[0]))
+    if args.from_runs is not None:  # a stopped run: report the methods it finished, train nothing
+        runs = [Run(**r) for r in json.loads(args.from_runs.read_text())]
+        args.methods = [m for m in args.methods if m in {r.method for r in runs}]
+        chosen = {m: choose(runs, m, args.seeds[0]) for m in args.methods}
+        sources = {name: json.loads((cache / f"{name}.json").read_text()) | {"cached": True} for name in SOURCES}
+        totals = {"source_training_cpu_time": sum(i["train_cpu_s"] for i in sources.values()),
+                  "target_cpu_time": sum(r.cpu_s for r in runs)}
+        print("\n".join(report(runs, chosen, sources, setup_string(args, n_test), args, out, totals, n_test)))
+        return
     folders, sources = source_adapters(args, cache)
-    runs, chosen = run_all(folders, args, out)
-    totals = {"source_cpu_time": sum(i["train_cpu_s"] for i in sources.values() if not i["cached"]),
-              "target_cpu_time": sum(r.cpu_s for r in runs), "benchmark_cpu_time": time.process_time() - cpu,
-              "benchmark_wall_time": time.perf_counter() - start}
-    md = report(runs, chosen, sources, setup_string(args, n_test), args, out, totals, n_test)
+    setup = setup_string(args, n_test)
+
+    def write_report(runs: list[Run], chosen: dict[str, float]) -> list[str]:
+        """results.md/json/png of the methods finished so far (after each method: a stopped run keeps them)."""
+        totals = {"source_training_cpu_time": sum(i["train_cpu_s"] for i in sources.values()),  # cached: earlier
+                  "target_cpu_time": sum(r.cpu_s for r in runs), "benchmark_cpu_time": time.process_time() - cpu,
+                  "benchmark_wall_time": time.perf_counter() - start}
+        methods = args.methods
+        args.methods = [m for m in methods if m in chosen]
+        try:
+            return report(runs, chosen, sources, setup, args, out, totals, n_test)
+        finally:
+            args.methods = methods
+
+    runs, chosen = run_all(folders, args, out, write_report)
+    md = write_report(runs, chosen)
     (out / "partial.json").unlink(missing_ok=True)
     print("\n".join(md))
 
