@@ -284,7 +284,7 @@ def run_all(folders: dict[str, Path], args: argparse.Namespace, out: Path,
         runs += [run_one(method, lr, args.seeds[0], folders, args) for lr in grid]
         chosen[method] = choose(runs, method, args.seeds[0])
         runs += [run_one(method, chosen[method], seed, folders, args) for seed in args.seeds[1:]]
-        (out / "partial.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+        (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))  # for --from-runs
         done(runs, chosen)
     return runs, chosen
 
@@ -460,9 +460,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--from-runs", type=Path, default=None, metavar="PARTIAL_JSON",
-                   help="train nothing: write the report from a stopped run's partial.json (the methods it finished; "
-                        "give the run's other options again)")
+    p.add_argument("--from-runs", type=Path, default=None, metavar="RUNS_JSON",
+                   help="train nothing: write the report again from a run's runs.json (the methods it finished; give "
+                        "the run's other options again)")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs = args.source_epochs = 1
@@ -481,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
                  "LIGHTNING_ADAPTERS_DATA")
     out = args.out or _report.default_out(BENCHMARK)
     cache = args.cache or out / "sources"
+    out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     start, cpu = time.perf_counter(), time.process_time()
     n_test = check_no_leak(lowagree_data(args), target_data(args, args.seeds[0]))
@@ -510,7 +511,6 @@ def main(argv: list[str] | None = None) -> None:
 
     runs, chosen = run_all(folders, args, out, write_report)
     md = write_report(runs, chosen)
-    (out / "partial.json").unlink(missing_ok=True)
     print("\n".join(md))
 
 
