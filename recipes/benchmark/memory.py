@@ -98,18 +98,24 @@ def report(args: argparse.Namespace, results: dict[bool, dict[str, float]]) -> N
     for name, res in (("without gradient checkpointing", off), ("with gradient checkpointing", on)):
         records.append(_report.record("memory", task, name, "peak memory", round(res["memory_mib"], 1), "MiB", setup))
         records.append(_report.record("memory", task, name, "step time", round(res["step_s"], 3), "s", setup))
-    mem_ratio, time_ratio = on["memory_mib"] / off["memory_mib"], on["step_s"] / off["step_s"]
-    records.append(_report.record("memory", task, "checkpointing / none", "peak memory ratio", round(mem_ratio, 3),
-                                  "x", setup))
+    # A tiny model's step can grow the resident set by less than the kernel's accounting shows (0 MiB, as in the
+    # --quick test on a loaded machine): no ratio then, rather than a division by zero.
+    mem_ratio = on["memory_mib"] / off["memory_mib"] if off["memory_mib"] > 0 else None
+    time_ratio = on["step_s"] / off["step_s"]
+    if mem_ratio is not None:
+        records.append(_report.record("memory", task, "checkpointing / none", "peak memory ratio",
+                                      round(mem_ratio, 3), "x", setup))
     records.append(_report.record("memory", task, "checkpointing / none", "step time ratio", round(time_ratio, 3),
                                   "x", setup))
     args.out.mkdir(parents=True, exist_ok=True)
     _report.write_json(args.out, records)
     rows = [["without", f"{off['memory_mib']:.0f}", f"{off['step_s']:.2f}", "1.00 / 1.00"],
-            ["with", f"{on['memory_mib']:.0f}", f"{on['step_s']:.2f}", f"{mem_ratio:.2f} / {time_ratio:.2f}"]]
+            ["with", f"{on['memory_mib']:.0f}", f"{on['step_s']:.2f}",
+             f"{'n/a' if mem_ratio is None else f'{mem_ratio:.2f}'} / {time_ratio:.2f}"]]
     table = _report.markdown_table(["gradient checkpointing", "peak memory (MiB)", "step time (s)",
                                     "memory / time vs without"], rows)
-    check = _report.check_line("checkpointing lowers peak memory", mem_ratio < 1, f"{mem_ratio:.2f} x")
+    check = (_report.check_line("checkpointing lowers peak memory", mem_ratio < 1, f"{mem_ratio:.2f} x")
+             if mem_ratio is not None else "checkpointing lowers peak memory: not measurable (no growth without it)")
     command = "python recipes/benchmark/memory.py"
     text = f"# Gradient checkpointing\n\nSetup: {setup}.\n\nCommand: `{command}`\n\n{table}\n\n{check}\n"
     (args.out / "results.md").write_text(text)
