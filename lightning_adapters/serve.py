@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from starlette.responses import JSONResponse
 
 from lightning_adapters.adapter_folder import read_adapter_config
 from lightning_adapters.base_fingerprint import check_fingerprint
@@ -166,6 +165,8 @@ class AdaptersAPI(LitAPI):
 
     def encode_response(self, output: list[dict] | UserInputError):
         if isinstance(output, UserInputError):  # this request alone: the others of its batch were answered
+            from starlette.responses import JSONResponse  # the `serve` extra's (via LitServe): only when serving
+
             return JSONResponse({"error": first_line(output)}, status_code=422)
         return {"predictions": output}
 

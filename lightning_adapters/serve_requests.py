@@ -14,8 +14,6 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from starlette.responses import JSONResponse
-
 FIELDS = ("adapter", "text", "inputs")
 SHAPE = '{"adapter": NAME, "text": "..."} or {"adapter": NAME, "inputs": [text or row, ...]}'
 
@@ -133,6 +131,8 @@ class CheckRequests:
         try:
             check_request(body, self.adapters, self.max_chars, self.max_inputs)
         except RequestError as err:
+            from starlette.responses import JSONResponse  # the `serve` extra's (via LitServe): only when serving
+
             await JSONResponse({"error": str(err)}, status_code=err.status)(scope, receive, send)
             return
         # the body is JSON whatever the client declared (curl -d says form data, which LitServe would parse as a form)

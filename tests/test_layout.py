@@ -7,6 +7,8 @@ imports inside functions (type-only imports under ``if TYPE_CHECKING:`` aside), 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_adapters"
@@ -107,3 +109,12 @@ def test_no_function_level_import_of_our_own_modules():
             for path in module_names().values()
             for module, _ in our_imports(ast.parse(path.read_text()), top_level=False)}
     assert late == set()
+
+
+def test_the_package_and_its_cli_import_without_the_optional_extras():
+    """`pip install -e ".[bundled]"` (the README's quickstart) has no LitServe, Starlette or ONNX: the package, the
+    CLI and its help must work without them (each extra is imported where it is used)."""
+    blocked = ("litserve", "starlette", "fastapi", "onnx", "onnxruntime", "onnxscript")
+    code = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+            "import lightning_adapters.cli, lightning_adapters.serve, lightning_adapters.onnx_export")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
