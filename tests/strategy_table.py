@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from lightning_adapters.strategies import IA3, Bottleneck, FullFineTuning, Lora, PrefixTuning, PromptTuning, Strategy
 from lightning_adapters.strategies.base import class_path
 
@@ -49,3 +51,13 @@ def pick(*names: str, **overrides: dict[str, Any]) -> dict[str, Callable[[], Str
     ``pick("bottleneck", "lora", prefix={"reparameterize": False})``; parameter ids are the table's names."""
     chosen = list(names) + [name for name in overrides if name not in names]
     return {name: (lambda name=name: STRATEGIES[name].build(**overrides.get(name, {}))) for name in chosen}
+
+
+def trained(module, seed: int = 1):
+    """Every trainable weight moved off its initialisation, as training would (zero up-projections, unit IA3 scales
+    and a fresh head would hide a wrong export or route)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for _, param in module.trainable_parameters():
+            param.add_(torch.randn_like(param) * 0.2)
+    return module

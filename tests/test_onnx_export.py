@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CONFIGS, build_tokenizer
-from strategy_table import STRATEGIES
+from strategy_table import STRATEGIES, trained
 from transformers import AutoModelForCausalLM
 
 from lightning_adapters import (
@@ -50,20 +50,11 @@ def gpt2_lm(tmp_path_factory) -> str:
     return str(path)
 
 
-def randomised(module: AdapterModule, seed: int = 0) -> AdapterModule:
-    """Adapter and head weights moved off their initial values (zero up-projections, unit IA3 scales...)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for _, param in module.trainable_parameters():
-            param.add_(torch.randn_like(param) * 0.2)
-    return module
-
-
 def build(family: str, strategy: str, model_dirs: dict[str, str], gpt2_lm: str) -> AdapterModule:
     if family == "bert":  # encoder + sequence classification
-        return randomised(AdapterModule(model_dirs["bert"], strategy=STRATEGIES[strategy].build(), label_names=LABELS))
+        return trained(AdapterModule(model_dirs["bert"], strategy=STRATEGIES[strategy].build(), label_names=LABELS))
     # decoder + generation head: the LM logits of one forward pass
-    return randomised(AdapterModule(gpt2_lm, strategy=STRATEGIES[strategy].build(), head=GenerationHead()))
+    return trained(AdapterModule(gpt2_lm, strategy=STRATEGIES[strategy].build(), head=GenerationHead()))
 
 
 def max_diff_at(module: AdapterModule, path: Path, shapes: list[tuple[int, int]]) -> float:
@@ -103,7 +94,7 @@ def test_onnx_runtime_equals_pytorch_at_other_shapes(family, strategy, model_dir
 @pytest.mark.parametrize("head", ["token", "qa"])
 def test_token_classification_and_qa_heads(head, model_dirs, tmp_path):
     kind = {"token": (TokenClassificationHead(), ["O", "B-ORG", "I-ORG"]), "qa": (QuestionAnsweringHead(), None)}
-    module = randomised(AdapterModule(model_dirs["bert"], strategy=STRATEGIES["lora"].build(), head=kind[head][0],
+    module = trained(AdapterModule(model_dirs["bert"], strategy=STRATEGIES["lora"].build(), head=kind[head][0],
                                       label_names=kind[head][1]))
     report = export_onnx(module, tmp_path / "model.onnx")
     assert max_diff_at(module, report.path, SHAPES) <= 1e-4
@@ -119,7 +110,7 @@ def test_token_classification_and_qa_heads(head, model_dirs, tmp_path):
 def traced(model_dirs) -> tuple[AdapterModule, object]:
     """A randomised BERT + bottleneck classifier and its fp32 ONNX graph, traced once for the tests below: they test
     what export_onnx does after tracing (precision conversion, verification, writing), so they reuse the graph."""
-    module = randomised(AdapterModule(model_dirs["bert"], strategy=STRATEGIES["bottleneck"].build(),
+    module = trained(AdapterModule(model_dirs["bert"], strategy=STRATEGIES["bottleneck"].build(),
                                       label_names=LABELS)).eval()
     return module, onnx_export.trace(module, onnx_export.DEFAULT_OPSET)
 

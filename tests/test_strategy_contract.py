@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 from conftest import build_tokenizer, sample_batch
-from strategy_table import STRATEGIES
+from strategy_table import STRATEGIES, trained
 
 from lightning_adapters import AdapterModule, UserInputError, load_adapter, save_adapter
 from lightning_adapters.peft_export import export_peft, load_peft
@@ -36,15 +36,6 @@ every_strategy = pytest.mark.parametrize("name", list(STRATEGIES))
 def module_for(name: str, path: str, seed: int = 0) -> AdapterModule:
     torch.manual_seed(seed)
     return AdapterModule(path, strategy=STRATEGIES[name].build(), label_names=LABELS).eval()
-
-
-def trained(module: AdapterModule, seed: int = 1) -> AdapterModule:
-    """Every trainable weight moved off its initialisation, as training would (IA3 scales stay near one)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for _, param in module.trainable_parameters():
-            param.add_(torch.randn_like(param) * 0.2)
-    return module
 
 
 def batch() -> dict[str, torch.Tensor]:
