@@ -22,7 +22,7 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,13 @@ from lightning_adapters.data import (
     check_limits,
 )
 from lightning_adapters.errors import UserInputError
-from lightning_adapters.heads import ClassificationHead, QuestionAnsweringHead, TaskHead, TokenClassificationHead
+from lightning_adapters.heads import (
+    ClassificationHead,
+    GenerationHead,
+    QuestionAnsweringHead,
+    TaskHead,
+    TokenClassificationHead,
+)
 from lightning_adapters.heads.base import check_head_fits_data
 from lightning_adapters.model_card import CARD_NAME
 from lightning_adapters.module import AdapterModule, load_adapter
@@ -120,6 +126,35 @@ class Predictor:
             for index, batch in enumerate(loader):
                 rows += self.module.predict_step(move_data_to_device(batch, self.device), index)
         return rows
+
+    def stream(self, item: str | dict[str, Any]) -> Iterator[str]:
+        """The text a generation adapter generates for one input, in pieces as it is generated; the pieces join to
+        the ``generated`` text `predict` gives it (`GenerationHead.stream`).
+
+            for piece in predictor.stream("Summarise: net sales rose 5 %"):
+                print(piece, end="", flush=True)
+        """
+        head, batch = self.module.task_head, self.encode_one(item)
+        if self.module.parallel:
+            raise UserInputError("Parallel adapters predict side by side and cannot stream one text — "
+                                 "set_active_adapters(<one adapter>) first")
+        return stream_with(head, self.module.backbone, batch)
+
+    def encode_one(self, item: str | dict[str, Any]) -> dict[str, Any]:
+        """One input (a text or a row) as the batch `predict` would give the module, on the predictor's device."""
+        if not isinstance(item, str | dict):
+            raise UserInputError(f"stream takes one text or one row (dict), not a {type(item).__name__} — stream "
+                                 "each input on its own")
+        (batch,) = self.data.predict_loader(as_rows([item], self.data), 1)
+        return move_data_to_device(batch, self.device)
+
+
+def stream_with(head: TaskHead, backbone: torch.nn.Module, batch: dict[str, Any]) -> Iterator[str]:
+    """``head.stream`` of one encoded input; a head that generates nothing is refused in one line."""
+    if not isinstance(head, GenerationHead):
+        raise UserInputError(f"this adapter's {type(head).__name__} does not generate text, so there is nothing to "
+                             "stream — use predict()")
+    return head.stream(backbone, batch)
 
 
 def parse_device(device: str | torch.device) -> torch.device:

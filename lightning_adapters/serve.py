@@ -11,14 +11,18 @@ present) and keeps each adapter's own DataModule, so adapters of different tasks
 a batch.
 
 Routes: ``POST /predict`` (`lightning_adapters.serve_requests` for the request shape and its checks), ``GET /health``
-and ``GET /info`` (LitServe's), ``GET /adapters``. Generation adapters answer with the whole generated text: token
-streaming is not implemented.
+and ``GET /info`` (LitServe's), ``GET /adapters``; and ``POST /stream`` when a generation adapter is served: one
+input's generated text as it comes, in JSON lines ``{"text": piece}`` ... then ``{"done": true, "generated": text}``
+(the pieces join to ``generated``, which is what ``/predict`` answers), or ``{"error": message}`` if the adapter's
+data refuses the input. LitServe streams per route, so ``/stream`` is a second LitAPI with its own worker, which
+holds the base a second time with only the streaming adapters; ``--no-stream`` leaves it out.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +33,11 @@ from lightning_adapters.adapter_folder import read_adapter_config
 from lightning_adapters.base_fingerprint import check_fingerprint
 from lightning_adapters.data import QADataModule, SplitDataModule
 from lightning_adapters.errors import UserInputError, first_line
-from lightning_adapters.heads import TaskHead
+from lightning_adapters.heads import GenerationHead, TaskHead
 from lightning_adapters.mixed_batches import ROUTE_KEY, rows_of
 from lightning_adapters.module import load_adapter
 from lightning_adapters.named_adapters import check_adapter_name
-from lightning_adapters.predictor import Predictor, as_rows, recorded_data, task_data
+from lightning_adapters.predictor import Predictor, as_rows, recorded_data, stream_with, task_data
 from lightning_adapters.registry import build_from_config
 from lightning_adapters.serve_requests import AdapterInfo, CheckRequests
 
@@ -83,7 +87,8 @@ def describe(name: str, folder: str, config: dict) -> AdapterInfo:
         f"{{...the columns of a {data.__name__} predict file}}"
     return AdapterInfo(name=name, folder=str(Path(folder).resolve()), head=type(head).__name__, strategy=strategy,
                        labels=config.get("label_names"), data=f"{data.__module__}.{data.__name__}",
-                       takes_text=takes_text, row_hint=hint)
+                       takes_text=takes_text, row_hint=hint,
+                       streams=isinstance(head, GenerationHead) and head.streams)
 
 
 def data_class(folder: str, head: TaskHead) -> type[SplitDataModule]:
@@ -100,13 +105,12 @@ def data_class(folder: str, head: TaskHead) -> type[SplitDataModule]:
 
 
 # ---- the worker ---------------------------------------------------------------------------------------------------
-class AdaptersAPI(LitAPI):
-    """One base, several adapters; a dynamic batch is answered adapter by adapter (see the module docstring)."""
+class HoldsAdapters(LitAPI):
+    """A worker that loads ``adapters`` on one base at setup (`load_predictors`)."""
 
-    def __init__(self, adapters: dict[str, AdapterInfo], max_batch_size: int = 16, batch_timeout: float = 0.01,
-                 forward_batch_size: int = 32, threads: int | None = None) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
-        self.adapters, self.forward_batch_size, self.threads = adapters, forward_batch_size, threads
+    adapters: dict[str, AdapterInfo]
+    forward_batch_size: int
+    threads: int | None
 
     def setup(self, device: str) -> None:
         if self.threads is not None:
@@ -116,6 +120,16 @@ class AdaptersAPI(LitAPI):
         except UserInputError as err:  # a worker cannot return it: say it on one line and stop the worker
             print(f"lightning-adapters serve: error: {first_line(err)}", file=sys.stderr, flush=True)
             raise
+
+
+class AdaptersAPI(HoldsAdapters):
+    """``POST /predict``: one base, several adapters; a dynamic batch is answered adapter by adapter (see the module
+    docstring)."""
+
+    def __init__(self, adapters: dict[str, AdapterInfo], max_batch_size: int = 16, batch_timeout: float = 0.01,
+                 forward_batch_size: int = 32, threads: int | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/predict")
+        self.adapters, self.forward_batch_size, self.threads = adapters, forward_batch_size, threads
 
     def decode_request(self, request) -> dict[str, Any]:
         # no annotation on ``request``: LitServe would make it the endpoint's parameter type (a query parameter);
@@ -171,6 +185,42 @@ class AdaptersAPI(LitAPI):
         return {"predictions": output}
 
 
+class StreamAPI(HoldsAdapters):
+    """``POST /stream``: the streaming adapters on a base of their own; one request at a time (LitServe streams
+    unbatched requests), answered in JSON lines (see the module docstring)."""
+
+    def __init__(self, adapters: dict[str, AdapterInfo], threads: int | None = None) -> None:
+        super().__init__(max_batch_size=1, stream=True, api_path="/stream")
+        self.adapters, self.forward_batch_size, self.threads = adapters, 1, threads
+
+    def decode_request(self, request) -> dict[str, Any]:  # checked in the HTTP process (CheckRequests)
+        return {"adapter": request["adapter"], "input": request["text"] if "text" in request else request["inputs"][0]}
+
+    def predict(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        name = request["adapter"]
+        pieces = []
+        try:
+            for piece in stream_routed(self.predictors[name], self.internal[name], request["input"]):
+                pieces.append(piece)
+                yield {"text": piece}
+        except UserInputError as err:  # the 200 and its headers are sent: the refusal is a line of the stream
+            yield {"error": first_line(err)}
+            return
+        yield {"done": True, "generated": "".join(pieces)}
+
+    def encode_response(self, lines: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        yield from lines  # LitServe writes each dict as a JSON line
+
+
+def stream_routed(predictor: Predictor, adapter: str, item: str | dict[str, Any]) -> Iterator[str]:
+    """`Predictor.stream` of ``item`` by adapter ``adapter`` of the predictor's module, switched on alone while it
+    generates (`AdapterModule.only_adapter`)."""
+    module = predictor.module
+    batch = predictor.encode_one(item)
+    with module.only_adapter(adapter):
+        yield from stream_with(module.head_of(adapter), module.backbone, batch)
+
+
 def load_predictors(adapters: dict[str, AdapterInfo], device: str, batch_size: int
                     ) -> tuple[dict[str, Predictor], dict[str, str]]:
     """One module holding every adapter (the base once), and a Predictor per adapter on it; and each served name's
@@ -224,9 +274,9 @@ def predict_alone(predictor: Predictor, adapter: str, rows: list[dict[str, Any]]
 
 # ---- the server ---------------------------------------------------------------------------------------------------
 def worker_threads(workers: int, accelerator: str) -> int | None:
-    """Torch threads per CPU worker: the cores shared among the workers and LitServe's HTTP process. With torch's
-    default (every core) a worker's threads spin on cores the HTTP process needs: on 2 cores, 1 worker served
-    ~13 requests/s with 2 threads and ~70 with 1 (recipes/benchmark/serve_load.py). None on a GPU."""
+    """Torch threads per CPU worker process: the cores shared among the workers and LitServe's HTTP process. With
+    torch's default (every core) a worker's threads spin on cores the HTTP process needs: on 2 cores, 1 worker
+    served ~13 requests/s with 2 threads and ~70 with 1 (recipes/benchmark/serve_load.py). None on a GPU."""
     if accelerator != "cpu":
         return None
     return max(1, (os.cpu_count() or 1) // (workers + 1))
@@ -234,15 +284,20 @@ def worker_threads(workers: int, accelerator: str) -> int | None:
 
 def build_server(adapters: dict[str, AdapterInfo], max_batch_size: int = 16, batch_timeout: float = 0.01,
                  workers: int = 1, max_chars: int = 10_000, max_inputs: int = 64, accelerator: str = "cpu",
-                 timeout: float = 30.0, threads: int | None = None):
-    """The LitServer: request checks in front (`CheckRequests`), ``GET /adapters`` beside LitServe's routes.
-    ``threads``: torch threads per worker (default: `worker_threads`)."""
+                 timeout: float = 30.0, threads: int | None = None, stream: bool = True):
+    """The LitServer: request checks in front (`CheckRequests`), ``GET /adapters`` beside LitServe's routes, and
+    ``POST /stream`` (`StreamAPI`) if ``stream`` and an adapter streams. ``threads``: torch threads per worker
+    process (default: `worker_threads`)."""
     require_litserve()
-    threads = threads if threads is not None else worker_threads(workers, accelerator)
-    api = AdaptersAPI(adapters, max_batch_size, batch_timeout, threads=threads)
+    streaming = {name: info for name, info in adapters.items() if info.streams} if stream else {}
+    processes = workers * (2 if streaming else 1)
+    threads = threads if threads is not None else worker_threads(processes, accelerator)
+    apis = [AdaptersAPI(adapters, max_batch_size, batch_timeout, threads=threads)]
+    if streaming:
+        apis.append(StreamAPI(streaming, threads=threads))
     shapes = {name: vars(info) for name, info in adapters.items()}
     payload = 8 * max_chars * max_inputs + 65_536  # JSON escapes: up to 6 bytes a character
-    server = ls.LitServer(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
+    server = ls.LitServer(apis, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
                           max_payload_size=payload,
                           middlewares=[(CheckRequests, {"adapters": shapes, "max_chars": max_chars,
                                                         "max_inputs": max_inputs})])

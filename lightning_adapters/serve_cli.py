@@ -37,7 +37,8 @@ def positive(kind):
 def parser() -> argparse.ArgumentParser:
     cli = OneLineParser(prog=PROG, description="Serve several adapters of one base model over HTTP (LitServe): "
                         "POST /predict {\"adapter\": NAME, \"text\": \"...\"} or {\"adapter\": NAME, \"inputs\": "
-                        "[...]}; GET /adapters; GET /health.")
+                        "[...]}; POST /stream (generation adapters: JSON lines as the text is generated); "
+                        "GET /adapters; GET /health.")
     cli.add_argument("--adapters", nargs="+", required=True, metavar="NAME=DIR",
                      help="adapter folders (save_adapter / fit exports), each under the name requests use; the first "
                           "one's base is loaded once and every other must share it")
@@ -55,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--threads", type=positive(int), default=None,
                      help="torch threads per CPU worker (default: the cores divided among the workers and the HTTP "
                           "process, at least 1)")
+    cli.add_argument("--no-stream", dest="stream", action="store_false",
+                     help="no POST /stream route (its worker holds the base a second time, with the generation "
+                          "adapters that stream)")
     cli.add_argument("--timeout", type=positive(float), default=30.0,
                      help="seconds a request may wait for its answer (504 after)")
     return cli
@@ -81,7 +85,7 @@ def main(argv: list[str]) -> None:
         require_litserve()
         adapters = read_adapters(split_pairs(args.adapters))
         server = build_server(adapters, args.max_batch_size, args.batch_timeout, args.workers, args.max_chars,
-                              args.max_inputs, args.device, args.timeout, args.threads)
+                              args.max_inputs, args.device, args.timeout, args.threads, args.stream)
     except UserInputError as err:
         print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)

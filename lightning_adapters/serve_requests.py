@@ -1,11 +1,13 @@
-"""What ``POST /predict`` accepts, checked in the HTTP process before a request joins a batch.
+"""What ``POST /predict`` and ``POST /stream`` accept, checked in the HTTP process before a request joins a batch.
 
 LitServe's batched loop fails a whole dynamic batch when one request's ``decode_request`` raises, so a bad request
 must never reach it: `CheckRequests` (ASGI middleware) answers it here with a 4xx and a one-line JSON ``error``, and
 the good requests beside it are served as if it never came. What only the adapter's DataModule can judge (a row
 missing a column, an empty text) is caught per request in the worker (`lightning_adapters.serve`).
 
-Request: ``{"adapter": NAME, "text": "..."}`` or ``{"adapter": NAME, "inputs": [text or row, ...]}``.
+Request: ``{"adapter": NAME, "text": "..."}`` or ``{"adapter": NAME, "inputs": [text or row, ...]}``; to
+``/stream``, one input only, to an adapter whose listing says ``"streams": true`` (a generation adapter that does not
+decode with beam search).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class AdapterInfo:
     data: str  # the DataModule class that encodes its inputs
     takes_text: bool  # plain texts are rows of its data (False: e.g. question answering reads question + context)
     row_hint: str  # what a row holds, for messages
+    streams: bool = False  # POST /stream serves it (a generation head that streams)
 
     def public(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if key not in ("takes_text", "row_hint")}
@@ -43,8 +46,10 @@ class RequestError(Exception):
         self.status = status
 
 
-def check_request(body: bytes, adapters: dict[str, AdapterInfo], max_chars: int, max_inputs: int) -> dict[str, Any]:
-    """The request in ``body`` as ``{"adapter": name, "inputs": [...]}``, or `RequestError`."""
+def check_request(body: bytes, adapters: dict[str, AdapterInfo], max_chars: int, max_inputs: int,
+                  stream: bool = False) -> dict[str, Any]:
+    """The request in ``body`` as ``{"adapter": name, "inputs": [...]}``, or `RequestError`; ``stream``: a request
+    to ``/stream``."""
     try:
         request = json.loads(body)
     except (ValueError, RecursionError) as err:  # RecursionError: absurd nesting
@@ -67,8 +72,20 @@ def check_request(body: bytes, adapters: dict[str, AdapterInfo], max_chars: int,
     if "text" in request and not isinstance(request["text"], str):
         raise RequestError(422, f"'text' is a {type(request['text']).__name__} — send one text (a string), or "
                                 "rows as 'inputs'")
+    if stream:
+        check_streams(adapters[name], inputs)
     check_inputs(inputs, adapters[name], max_chars, max_inputs)
     return {"adapter": name, "inputs": inputs}
+
+
+def check_streams(adapter: AdapterInfo, inputs: Any) -> None:
+    if not adapter.streams:
+        what = "decodes with beam search" if adapter.head == "GenerationHead" else \
+            f"does not generate text ({adapter.head})"
+        raise RequestError(422, f"adapter '{adapter.name}' {what}, so it cannot stream — POST /predict instead")
+    if isinstance(inputs, list) and len(inputs) != 1:
+        raise RequestError(422, f"/stream generates for one input, not {len(inputs)} — send \"text\", or one row "
+                                "as \"inputs\", per request")
 
 
 def check_inputs(inputs: Any, adapter: AdapterInfo, max_chars: int, max_inputs: int) -> None:
@@ -107,17 +124,20 @@ def characters(value: Any) -> int:
     return total
 
 
-class CheckRequests:
-    """ASGI middleware: ``POST path`` bodies are checked (`check_request`) and refused with a JSON 4xx, or passed on
-    unchanged (the body is replayed to the app)."""
+PATHS = {"/predict": False, "/stream": True}  # the checked routes: does it stream?
 
-    def __init__(self, app, adapters: dict[str, dict], max_chars: int, max_inputs: int, path: str = "/predict"):
-        self.app, self.path = app, path
+
+class CheckRequests:
+    """ASGI middleware: ``POST /predict`` and ``POST /stream`` bodies are checked (`check_request`) and refused with
+    a JSON 4xx, or passed on unchanged (the body is replayed to the app)."""
+
+    def __init__(self, app, adapters: dict[str, dict], max_chars: int, max_inputs: int):
+        self.app = app
         self.adapters = {name: AdapterInfo(**info) for name, info in adapters.items()}
         self.max_chars, self.max_inputs = max_chars, max_inputs
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] not in PATHS or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         chunks, more = [], True
@@ -129,7 +149,7 @@ class CheckRequests:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            check_request(body, self.adapters, self.max_chars, self.max_inputs)
+            check_request(body, self.adapters, self.max_chars, self.max_inputs, stream=PATHS[scope["path"]])
         except RequestError as err:
             from starlette.responses import JSONResponse  # the `serve` extra's (via LitServe): only when serving
 

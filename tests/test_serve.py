@@ -228,16 +228,48 @@ def test_sigterm_stops_every_server_process(server_process):  # last of the serv
         pytest.fail(f"server processes still running after SIGTERM: {left.stdout}")
 
 
-def test_a_generation_adapter_answers_its_generated_text(lm_dirs, tmp_path):  # noqa: F811
-    module = perturb(AdapterModule(lm_dirs["gpt2"], strategy=Lora(r=2), head=GenerationHead(max_new_tokens=4)))
+def stream_lines(port: int, body: dict) -> tuple[int, list[dict]]:
+    """``POST /stream``: the status and the JSON lines, each parsed as it arrives."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/stream", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, [json.loads(line) for line in response if line.strip()]
+    except urllib.error.HTTPError as err:
+        return err.code, [json.loads(err.read())]
+
+
+def test_a_generation_adapter_answers_and_streams_its_generated_text(lm_dirs, tmp_path):  # noqa: F811
     card = {"data": "`lightning_adapters.data.summarization.SummarizationDataModule`, train_file=x.jsonl"}
-    save_adapter(module, tmp_path / "summarizer", card=card)  # as fit exports it: the card names its data
+    made = {"summary": GenerationHead(max_new_tokens=12), "beams": GenerationHead(max_new_tokens=4, num_beams=2)}
+    for seed, (name, head) in enumerate(made.items(), start=1):  # as fit exports them: the card names their data
+        save_adapter(perturb(AdapterModule(lm_dirs["gpt2"], strategy=Lora(r=2), head=head), seed), tmp_path / name,
+                     card=card)
     sources = ["the company profit rose in the quarter", "bank card cut"]
-    expected = Predictor.from_adapter(tmp_path / "summarizer").predict(sources)
-    with running_server(["--adapters", f"summary={tmp_path / 'summarizer'}"], tmp_path / "server.log") as (_, port):
+    expected = Predictor.from_adapter(tmp_path / "summary").predict(sources)
+    arguments = ["--adapters", *(f"{name}={tmp_path / name}" for name in made)]
+    with running_server(arguments, tmp_path / "server.log") as (_, port):
         status, answer = call(port, "/predict", {"adapter": "summary", "inputs": sources})
-    assert status == 200 and all(row["generated"] for row in answer["predictions"]), answer
-    same_rows(answer["predictions"], expected, 0)
+        assert status == 200 and all(row["generated"] for row in answer["predictions"]), answer
+        same_rows(answer["predictions"], expected, 0)
+        assert {row["name"]: row["streams"] for row in call(port, "/adapters")[1]["adapters"]} == \
+            {"summary": True, "beams": False}
+        for source, row in zip(sources, expected, strict=True):
+            status, lines = stream_lines(port, {"adapter": "summary", "text": source})
+            pieces = [line["text"] for line in lines[:-1]]
+            assert status == 200 and lines[-1] == {"done": True, "generated": row["generated"]}, lines
+            assert "".join(pieces) == row["generated"] and all(pieces), lines
+        assert len(stream_lines(port, {"adapter": "summary", "text": sources[0]})[1]) > 2  # pieces, not one
+        refusals = {"beam search": {"adapter": "beams", "text": "x"},
+                    "/stream generates for one input, not 2": {"adapter": "summary", "inputs": sources},
+                    "no adapter named 'nope'": {"adapter": "nope", "text": "x"}}
+        for message, body in refusals.items():
+            status, lines = stream_lines(port, body)
+            assert 400 <= status < 500 and message in lines[0]["error"], (status, lines)
+        status, lines = stream_lines(port, {"adapter": "summary", "inputs": [{"source": ""}]})
+        assert status == 200 and len(lines) == 1 and "empty" in lines[0]["error"], lines  # the data's refusal
+        status, lines = stream_lines(port, {"adapter": "summary", "text": sources[1]})  # still answering
+        assert lines[-1] == {"done": True, "generated": expected[1]["generated"]}
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

@@ -23,12 +23,21 @@ BLEU, perplexity (see `lightning_adapters.text_metrics`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from threading import Thread
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    GenerationConfig,
+    PretrainedConfig,
+    TextIteratorStreamer,
+)
 
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.data.generation_collator import GenerationCollator  # noqa: F401 — moved to the data side
@@ -172,20 +181,62 @@ class GenerationHead(TaskHead):
             for name in text_metrics:
                 metrics[name].update(predictions, batch["references"])
 
+    def prompts(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids and attention mask generation starts from."""
+        if self.encoder_decoder:
+            return batch["input_ids"], batch["attention_mask"]
+        ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        if bool((mask[:, -1] == 0).any()):
+            raise ValueError("decoder-only generation needs LEFT-padded prompt_input_ids (a prompt ends with "
+                             "padding) — pad prompts on the left")
+        return ids, mask
+
     @torch.no_grad()
     def generate(self, backbone: nn.Module, batch: dict[str, Any]) -> list[str]:
         """Generated text per example (prompt and special tokens removed)."""
-        if self.encoder_decoder:
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-        else:
-            ids, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-            if bool((mask[:, -1] == 0).any()):
-                raise ValueError("decoder-only generation needs LEFT-padded prompt_input_ids (a prompt ends with "
-                                 "padding) — pad prompts on the left")
+        ids, mask = self.prompts(batch)
         settings = self.generation_config(backbone)
         output = backbone.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
         new_tokens = output if self.encoder_decoder else output[:, ids.shape[1]:]
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def stream(self, backbone: nn.Module, batch: dict[str, Any]) -> Iterator[str]:
+        """`generate` for a batch of one example, as pieces of text while the tokens come: the pieces join to exactly
+        the text `generate` returns. transformers' `TextIteratorStreamer` with ``generate`` in a thread (a piece is
+        held until a word ends, so a multi-token character is never cut). Refusals come at the call, not on the first
+        piece."""
+        ids, mask = self.prompts(batch)
+        if len(ids) != 1:
+            raise UserInputError(f"streaming generates for one example at a time, not {len(ids)} — stream each "
+                                 "input on its own, or predict them together without streaming")
+        if not self.streams:
+            raise UserInputError(f"this head decodes with beam search (num_beams={self.num_beams}), which cannot "
+                                 "stream — predict without streaming, or use num_beams=1")
+        return self._pieces(backbone, ids, mask)  # checked now, generated when iterated
+
+    def _pieces(self, backbone: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> Iterator[str]:
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        settings, failure = self.generation_config(backbone), []
+
+        def run() -> None:  # inference mode is per thread: entered here, not by the caller
+            try:
+                with torch.inference_mode():
+                    backbone.generate(input_ids=ids, attention_mask=mask, generation_config=settings, streamer=streamer)
+            except BaseException as err:  # raised in the caller's thread, below
+                failure.append(err)
+                streamer.end()
+
+        thread = Thread(target=run, name="generate-stream", daemon=True)
+        thread.start()
+        yield from stripped(streamer)
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    @property
+    def streams(self) -> bool:
+        """Whether `stream` can stream this head's decoding (transformers streams greedy and sampled search only)."""
+        return self.num_beams == 1
 
     def predict(self, backbone: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
         generated = self.generate(backbone, batch)
@@ -198,3 +249,18 @@ class GenerationHead(TaskHead):
                 row["reference"] = reference
             rows.append(row)
         return with_meta(rows, batch)
+
+
+def stripped(pieces: Iterable[str]) -> Iterator[str]:
+    """``pieces`` without the whitespace at the start and the end of their joined text (as `generate` strips it),
+    each piece passed on as soon as it is known not to be part of that end."""
+    held, started = "", False
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        text = held + piece
+        body = text.rstrip()
+        held = text[len(body):]
+        if body:
+            yield body
