@@ -88,7 +88,7 @@ def test_a_signal_ends_the_run_with_a_non_zero_status_and_one_line(workdir, mode
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(workdir, model_dirs, monkeypatch, native):  # noqa: F811
-    monkeypatch.setattr("lightning_adapters.cli.cpu_has_bf16", lambda: native)
+    monkeypatch.setattr("lightning_adapters.lightning_cli.cpu_has_bf16", lambda: native)
     config = write_config(workdir, model_dirs["bert"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -112,9 +112,13 @@ def test_no_function_level_import_of_our_own_modules():
 
 
 def test_the_package_and_its_cli_import_without_the_optional_extras():
-    """`pip install -e ".[bundled]"` (the README's quickstart) has no LitServe, Starlette or ONNX: the package, the
-    CLI and its help must work without them (each extra is imported where it is used)."""
-    blocked = ("litserve", "starlette", "fastapi", "onnx", "onnxruntime", "onnxscript")
+    """`pip install -e ".[bundled]"` (the README's quickstart) has no LitServe, Starlette, ONNX or Optuna: the
+    package, the CLI and its help must work without them (each extra is imported where it is used),
+    and a command that needs one says which extra to install."""
+    blocked = ("litserve", "starlette", "fastapi", "onnx", "onnxruntime", "onnxscript", "optuna",
+               "optuna_integration")  # not matplotlib: torchmetrics imports it whenever it is installed
     code = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
-            "import lightning_adapters.cli, lightning_adapters.serve, lightning_adapters.onnx_export")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+            "import lightning_adapters.cli, lightning_adapters.serve, lightning_adapters.onnx_export\n"
+            "lightning_adapters.cli.main(['tune', '--config', 'x.yaml', '--search', 'x.yaml', '--n-trials', '1'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2 and "pip install 'lightning-adapters[tune]'" in done.stderr, done.stderr[-2000:]
