@@ -22,6 +22,7 @@ import torch
 from test_cli import workdir, write_config  # noqa: F401 — workdir is a fixture
 
 from lightning_adapters.cli import run_cli
+from lightning_adapters.tune_cli import parser as tune_parser
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "slurm"
 SCRIPTS = ["single_node.sbatch", "multi_node.sbatch"]
@@ -212,3 +213,28 @@ def test_kill_9_then_ckpt_path_last_resumes_exactly(workdir, model_dirs):  # noq
     steps, got = state(workdir / "ckpt" / "last.ckpt")
     assert steps == want_steps
     assert_same_weights(got, want)
+
+
+def test_tune_array_gives_each_array_task_the_shared_study_and_its_own_seed(tmp_path, standins):
+    options = sbatch_options(RECIPES / "tune_array.sbatch")
+    assert options["gres"] == "gpu:1" and options["ntasks"] == "1" and "requeue" in options
+    seen = []
+    for task in ("0", "3"):
+        env = {**slurm_env(standins, tmp_path), "SRUN_DRY": "1", "SLURM_ARRAY_JOB_ID": "77",
+               "SLURM_ARRAY_TASK_ID": task}
+        job = sbatch("tune_array.sbatch", env, "config.yaml", "configs/search/lora.yaml", "24",
+                     "postgresql://tuner@db/optuna", "--trainer.max_epochs", "3", cwd=tmp_path)
+        out = job.communicate(timeout=30)[0]
+        assert job.returncode == 0, out
+        args = (standins / "srun.args").read_text().split("\0")[:-1]
+        assert args[:2] == ["lightning-adapters", "tune"]
+        parsed, fit_args = tune_parser().parse_known_args(args[2:])
+        seen.append(parsed)
+        assert fit_args == ["--config", "config.yaml", "--trainer.accelerator", "gpu", "--trainer.devices", "1",
+                            "--trainer.max_epochs", "3"]  # the user's flags last: they override the script's
+    assert {(p.study, p.storage, p.output, p.n_trials, p.search) for p in seen} == {
+        ("lora-77", "postgresql://tuner@db/optuna", str(RECIPES.parents[1] / "runs/tune/lora-77"), 24,
+         "configs/search/lora.yaml")}
+    assert [p.seed for p in seen] == [0, 3]
+    missing = sbatch("tune_array.sbatch", slurm_env(standins, tmp_path), "config.yaml", cwd=tmp_path)
+    assert missing.wait(timeout=30) != 0 and "usage: sbatch --array" in missing.communicate()[0]
