@@ -270,6 +270,10 @@ def objective(space: SearchSpace, fit_args: list[str], output: Path, metric: str
                                  "trial validate (limit_val_batches, val_check_interval, max_steps)")
         trial.set_user_attr("adapter", str(folder / "adapter"))
         trial.set_user_attr("checkpoint", cli.trainer.checkpoint_callback.best_model_path or "")
+        tested = {name: round(float(value), 6) for name, value in cli.trainer.callback_metrics.items()
+                  if name.startswith("test_") and value.numel() == 1}
+        if tested:  # --test_after_fit true: the best checkpoint's test metrics, shown, never used to choose
+            trial.set_user_attr("test", tested)
         return record.best
 
     return run
@@ -361,7 +365,8 @@ def write_summary(study, output: Path, metric: str) -> dict[str, Any]:
     if complete:
         best = study.best_trial
         summary["best"] = {"trial": best.number, "value": best.value, "params": best.params,
-                           "epochs": best.user_attrs.get("epochs"), "run_folder": best.user_attrs.get("run_folder"),
+                           "epochs": best.user_attrs.get("epochs"), "test": best.user_attrs.get("test"),
+                           "run_folder": best.user_attrs.get("run_folder"),
                            "checkpoint": best.user_attrs.get("checkpoint")}
         source = Path(best.user_attrs["adapter"])
         target = output / "best_adapter"

@@ -89,6 +89,13 @@ def test_trials_are_fit_runs_with_the_searched_values_and_the_best_adapter_is_ex
     assert len(study.get_trials()) == 3
 
 
+def test_test_after_fit_records_the_best_checkpoint_s_test_metrics(workdir):
+    main(tune("--n-trials", "1", "--output", "out", "--test_after_fit", "true"))
+    best = json.loads((workdir / "out/summary.json").read_text())["best"]
+    card = (Path(best["run_folder"]) / "adapter/README.md").read_text()  # fit writes the test metrics on the card
+    assert 0 <= best["test"]["test_macro_f1"] <= 1 and f"{best['test']['test_macro_f1']:.4f}"[:5] in card
+
+
 def test_pruning_stops_trials_at_their_first_validation(workdir):
     space = write_space(workdir / "prune.yaml", {**SPACE, "pruner": {"type": "threshold", "lower": 2.0}})
     main(tune("--n-trials", "2", "--output", "pruned", "--trainer.max_epochs", "3", space=str(space)))
