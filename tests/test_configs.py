@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -10,13 +11,15 @@ import pytest
 import yaml
 from conftest import DATA_ROOT
 
-from lightning_adapters import save_adapter
+from lightning_adapters import backbone, save_adapter
 from lightning_adapters.cli import AdaptersCLI, main
 from lightning_adapters.module import AdapterModule
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = DATA_ROOT
-EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("strategy", "trainer"))
+EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml")
+                     if p.parent.name not in ("strategy", "trainer", "search"))
+SEARCH_SPACES = sorted((REPO / "configs" / "search").glob("*.yaml"))
 FRAGMENTS = sorted((REPO / "configs" / "strategy").glob("*.yaml"))
 TRAINER_FRAGMENTS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 QUICKSTART = REPO / "configs" / "finance_sentiment" / "bottleneck.yaml"
@@ -83,8 +86,30 @@ def stand_in_earlier_adapters(config: Path, tmp_path: Path) -> list[str]:
     return ["--model.init_args.adapters", json.dumps(folders)] if folders else []
 
 
+@pytest.fixture(scope="module")
+def loaded_backbones() -> dict:
+    """Models and tokenizers loaded once for this module's tests, keyed by the loader and its arguments: six configs
+    load the 135M-parameter SmolLM2 from GGUF (~25 s each to dequantise, ~8 s per tokenizer), which a copy
+    replaces."""
+    return {}
+
+
+@pytest.fixture
+def load_each_backbone_once(monkeypatch, loaded_backbones):
+    for name in ("load_model", "load_tokenizer"):
+        load = getattr(backbone, name)
+
+        def cached(*args, _load=load, **kwargs):
+            key = repr((_load.__name__, args, sorted(kwargs.items())))
+            if key not in loaded_backbones:
+                loaded_backbones[key] = _load(*args, **kwargs)
+            return copy.deepcopy(loaded_backbones[key])
+
+        monkeypatch.setattr(backbone, name, cached)
+
+
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_experiment_config_builds_model_and_data(config, monkeypatch, tmp_path):
+def test_experiment_config_builds_model_and_data(config, monkeypatch, tmp_path, load_each_backbone_once):
     monkeypatch.chdir(REPO)
     point_at_data(config, monkeypatch)
     args = ["--config", str(config), *stand_in_earlier_adapters(config, tmp_path)]
@@ -95,3 +120,19 @@ def test_experiment_config_builds_model_and_data(config, monkeypatch, tmp_path):
     else:  # several tasks: each adapter has its task's labels
         assert {name: cli.model.labels_of(name) for name in cli.model.adapter_names} == cli.datamodule.task_labels
     assert cli.datamodule.tokenizer_name == cli.model.backbone_name
+
+
+@pytest.mark.parametrize("space", SEARCH_SPACES, ids=lambda p: p.name)
+def test_search_space_reads_and_names_keys_fit_accepts_for_the_config_it_names(space, monkeypatch):
+    """Each shipped search space, with the config and strategy its header comment names: every key is one fit
+    accepts (tune's own check, a parse of fit's arguments with a value of every key)."""
+    pytest.importorskip("optuna")
+    from lightning_adapters.tune import judged_by, parse_fit, read_search_space
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LIGHTNING_ADAPTERS_DATA", str(DATA))  # only parsed: the folder need not exist
+    header = " ".join(line.lstrip("# ") for line in space.read_text().splitlines() if line.startswith("#"))
+    config = re.search(r"--config (\S+)", header).group(1)
+    strategy = re.search(r"--model.init_args.strategy (\S+)", header).group(1)
+    parsed = parse_fit(["--config", config, "--model.init_args.strategy", strategy], read_search_space(space))
+    assert judged_by(parsed) == ("val_macro_f1", "max")
