@@ -22,6 +22,7 @@ from torch import nn
 
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.strategies.base import AdapterLayer, Strategy, find_modules, linear_features, replace_module
+from lightning_adapters.strategies.layers import Layers, check_layers, keep_layers
 from lightning_adapters.strategies.targets import find_output_projections, find_sublayer_input
 
 Sublayer = Literal["attention", "ffn"]
@@ -88,12 +89,15 @@ class Bottleneck(Strategy):
         sublayers: override where adapters go (``attention``, ``ffn``).
         attention_modules: override the attention output projections (regex string or list of names/suffixes).
         ffn_modules: override the feed-forward output projections (regex string or list of names/suffixes).
+        layers: which transformer layers get adapters — indices, slices, ``first k`` / ``last k``
+            (`lightning_adapters.strategies.layers`); default: every layer.
     """
 
     def __init__(self, variant: Literal["houlsby", "pfeiffer", "parallel"] = "pfeiffer", reduction_factor: int = 16,
                  bottleneck_size: int | None = None, activation: Literal["relu", "gelu", "silu", "tanh"] = "relu",
                  dropout: float = 0.0, scaling: float | None = None, sublayers: list[Sublayer] | None = None,
-                 attention_modules: str | list[str] | None = None, ffn_modules: str | list[str] | None = None) -> None:
+                 attention_modules: str | list[str] | None = None, ffn_modules: str | list[str] | None = None,
+                 layers: Layers = None) -> None:
         if variant not in _PLACEMENT:
             raise UserInputError(f"unknown bottleneck variant '{variant}' — use houlsby, pfeiffer or parallel")
         if activation not in _ACTIVATIONS:
@@ -103,6 +107,7 @@ class Bottleneck(Strategy):
                                  f"{reduction_factor} and {bottleneck_size} — e.g. reduction_factor: 16")
         if not 0.0 <= dropout < 1.0:
             raise UserInputError(f"bottleneck dropout must be in [0, 1), got {dropout}")
+        check_layers(layers, "bottleneck")
         self.variant = variant
         self.reduction_factor = reduction_factor
         self.bottleneck_size = bottleneck_size
@@ -112,6 +117,7 @@ class Bottleneck(Strategy):
         self.sublayers = sublayers
         self.attention_modules = attention_modules
         self.ffn_modules = ffn_modules
+        self.layers = layers
 
     def apply(self, model: nn.Module) -> None:
         default_sublayers, parallel = _PLACEMENT[self.variant]
@@ -141,4 +147,4 @@ class Bottleneck(Strategy):
                 f"no {'/'.join(sublayers)} output projection found for a bottleneck adapter in "
                 f"{type(model).__name__} (model_type '{getattr(config, 'model_type', '?')}') — pass "
                 "attention_modules / ffn_modules naming the projections that write back to the residual stream")
-        return sorted(set(names), key=names.index)
+        return keep_layers(model, sorted(set(names), key=names.index), self.layers, "bottleneck")

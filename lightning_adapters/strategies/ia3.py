@@ -32,6 +32,7 @@ from lightning_adapters.strategies.base import (
     match_target,
     replace_module,
 )
+from lightning_adapters.strategies.layers import Layers, check_layers, keep_layers
 from lightning_adapters.strategies.targets import find_key_value_projections, model_type, select_linear
 
 _BERT_LIKE = (["key", "value"], r".*\.layer\.\d+\.output\.dense")  # not attention.output.dense
@@ -123,16 +124,20 @@ class IA3(Strategy):
             ``target_modules``). Default: the family's FFN output projections, or none when ``target_modules`` is
             given.
         exclude_modules: modules to leave alone, with the same matching rules.
+        layers: which transformer layers get adapters — indices, slices, ``first k`` / ``last k``
+            (`lightning_adapters.strategies.layers`); default: every layer.
     """
 
     peft_type = "IA3"  # `peft_export` writes ia3_l per wrapped layer, feedforward_modules for input-side ones
 
     def __init__(self, target_modules: str | list[str] | None = None,
                  feedforward_modules: str | list[str] | None = None,
-                 exclude_modules: str | list[str] | None = None) -> None:
+                 exclude_modules: str | list[str] | None = None, layers: Layers = None) -> None:
+        check_layers(layers, "IA3")
         self.target_modules = target_modules
         self.feedforward_modules = feedforward_modules
         self.exclude_modules = exclude_modules
+        self.layers = layers
 
     def apply(self, model: nn.Module) -> None:
         names, feedforward = self._targets(model)
@@ -155,7 +160,8 @@ class IA3(Strategy):
         # Exclusions apply after matching, so excluding every feed-forward module is allowed, not an error.
         feedforward = [name for name in feedforward if not (self.exclude_modules
                                                             and match_target(name, self.exclude_modules))]
-        return names + [name for name in feedforward if name not in names], set(feedforward)
+        wrapped = keep_layers(model, names + [name for name in feedforward if name not in names], self.layers, "IA3")
+        return wrapped, set(feedforward) & set(wrapped)
 
 
 def structural_targets(model: nn.Module) -> tuple[list[str], list[str]]:

@@ -33,6 +33,7 @@ from lightning_adapters.strategies.base import (
     linear_features,
     replace_module,
 )
+from lightning_adapters.strategies.layers import Layers, check_layers, keep_layers
 from lightning_adapters.strategies.targets import (
     ALL_LINEAR,
     find_query_value_projections,
@@ -161,13 +162,15 @@ class Lora(Strategy):
             of known families (``config.model_type``), else of any family, found by tracing one forward pass.
         exclude_modules: modules to leave alone, with the same matching rules.
         use_rslora: rank-stabilised scaling ``alpha / sqrt(r)`` (Kalajdzievski 2023), better for large ranks.
+        layers: which transformer layers get adapters — indices, slices, ``first k`` / ``last k``
+            (`lightning_adapters.strategies.layers`); default: every layer.
     """
 
     peft_type = "LORA"  # `peft_export` writes lora_A/lora_B per wrapped layer
 
     def __init__(self, r: int = 8, alpha: float = 16, dropout: float = 0.0,
                  target_modules: str | list[str] | None = None, exclude_modules: str | list[str] | None = None,
-                 use_rslora: bool = False) -> None:
+                 use_rslora: bool = False, layers: Layers = None) -> None:
         if r < 1:
             raise UserInputError(f"LoRA rank r must be a positive integer, got {r}")
         if not 0.0 <= dropout < 1.0:
@@ -178,12 +181,14 @@ class Lora(Strategy):
         self.target_modules = target_modules
         self.exclude_modules = exclude_modules
         self.use_rslora = use_rslora
+        self.layers = layers
+        check_layers(layers, "LoRA")
 
     def apply(self, model: nn.Module) -> None:
         targets = self.target_modules
         if targets is None:
             targets = DEFAULT_TARGETS.get(model_type(model)) or structural_targets(model)
-        names = select_linear(model, targets, self.exclude_modules, "LoRA")
+        names = keep_layers(model, select_linear(model, targets, self.exclude_modules, "LoRA"), self.layers, "LoRA")
         for name in names:  # all checked before any layer is built (a rank of 1e9 would try to allocate it)
             smallest = min(linear_features(model.get_submodule(name)))
             if self.r > smallest:

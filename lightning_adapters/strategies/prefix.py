@@ -35,6 +35,7 @@ from torch import nn
 from lightning_adapters.backbone import is_decoder_only
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.strategies.base import AdapterLayer, Strategy
+from lightning_adapters.strategies.layers import Layers, check_layers
 from lightning_adapters.strategies.prefix_attention import (
     ATTENTION_NAME,
     installed_slots,
@@ -162,19 +163,23 @@ class PrefixTuning(Strategy):
             truncated to N) instead of random prefixes — as if that text came before every input (Li & Liang's
             initialisation from real words); default: random.
         tokenizer: the tokenizer for ``init_text``: an alias, folder or hub id (usually the backbone's name).
+        layers: which transformer layers get prefixes — indices, slices, ``first k`` / ``last k``
+            (`lightning_adapters.strategies.layers`); default: every layer.
     """
 
     def __init__(self, num_virtual_tokens: int = 20, reparameterize: bool = True, hidden: int = 512,
-                 init_text: str | None = None, tokenizer: str | None = None) -> None:
+                 init_text: str | None = None, tokenizer: str | None = None, layers: Layers = None) -> None:
         if num_virtual_tokens < 1 or hidden < 1:
             raise UserInputError(f"prefix tuning needs num_virtual_tokens >= 1 and hidden >= 1, got "
                                  f"{num_virtual_tokens} and {hidden}")
         check_init_text("prefix tuning", init_text, tokenizer)
+        check_layers(layers, "prefix tuning")
         self.num_virtual_tokens = num_virtual_tokens
         self.reparameterize = reparameterize
         self.hidden = hidden
         self.init_text = init_text
         self.tokenizer = tokenizer
+        self.layers = layers
 
     def apply(self, model: nn.Module) -> None:
         if any(isinstance(m, PrefixEncoder) for m in model.children()):
@@ -182,7 +187,7 @@ class PrefixTuning(Strategy):
         if next(model.parameters()).device.type == "meta":  # shapes come from a forward pass on real weights
             raise UserInputError("prefix tuning needs the model's real weights, not the meta device — load the model "
                                  "before applying the strategy")
-        slots = route_attention(model)
+        slots = route_attention(model, self.layers)
         shapes = [(k.shape[1], k.shape[-1], v.shape[-1]) for k, v in trace_key_values(model, slots)]
         device = next(model.parameters()).device
         encoder = PrefixEncoder(self.num_virtual_tokens, shapes, self.reparameterize, self.hidden,

@@ -33,6 +33,7 @@ from transformers import AttentionInterface
 
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.strategies import prefix_disentangled
+from lightning_adapters.strategies.layers import Layers, keep_layers
 
 if TYPE_CHECKING:  # prefix.py imports this module
     from lightning_adapters.strategies.prefix import PrefixEncoder
@@ -90,10 +91,13 @@ def _extend_mask(mask: torch.Tensor | None, query: torch.Tensor, key_length: int
 AttentionInterface.register(ATTENTION_NAME, prefix_attention)
 
 
-def route_attention(model: nn.Module) -> list[Slot]:
-    """Route every attention layer of ``model`` through `prefix_attention` (all refusals happen before any change);
-    the slots, in layer order, get their prefix encoder later."""
-    routes = [(module, *_inner_attention(module)) for module in _attention_modules(model)]
+def route_attention(model: nn.Module, layers: Layers = None) -> list[Slot]:
+    """Route every attention layer of ``model`` in the chosen ``layers`` (`lightning_adapters.strategies.layers`)
+    through `prefix_attention` (all refusals happen before any change); the slots, in layer order, get their prefix
+    encoder later."""
+    found = dict(_attention_modules(model))
+    routes = [(found[name], *_inner_attention(found[name]))
+              for name in keep_layers(model, list(found), layers, "prefix tuning")]
     return [_install(index, *route) for index, route in enumerate(routes)]
 
 
@@ -103,10 +107,11 @@ def installed_slots(model: nn.Module) -> list[Slot]:
     return sorted(slots, key=lambda slot: slot.index)
 
 
-def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    """Attention modules we can prefix: those dispatching through transformers' attention interface (found by their
-    code) and DeBERTa-v2/v3's disentangled attention (found by its parts)."""
-    found = [module for module in model.modules() if _dispatches(module) or prefix_disentangled.is_disentangled(module)]
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Attention modules we can prefix, by name: those dispatching through transformers' attention interface (found
+    by their code) and DeBERTa-v2/v3's disentangled attention (found by its parts)."""
+    found = [(name, module) for name, module in model.named_modules()
+             if _dispatches(module) or prefix_disentangled.is_disentangled(module)]
     if not found:
         kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
         raise UserInputError(f"prefix tuning cannot inject keys/values into model_type '{kind}': its attention neither "
