@@ -356,7 +356,7 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
     """Run the CLI and return it; bad input ends with one line on stderr and exit status 2, not a traceback."""
     argv = sys.argv[1:] if args is None else args
     try:
-        return build_cli(argv)
+        return build_cli(args)
     except (SIGTERMException, KeyboardInterrupt) as stop:  # Lightning ends a SIGTERM'd run with SystemExit(0):
         name = "SIGTERM" if isinstance(stop, SIGTERMException) else "SIGINT (Ctrl-C)"  # `fit && deploy` went on
         print(f"lightning-adapters: error: stopped by {name} before the run finished; nothing was exported — resume "
@@ -370,12 +370,12 @@ def run_cli(args: list[str] | None = None) -> AdaptersCLI:
         sys.exit(2)
 
 
-def build_cli(argv: list[str], cli_class: type[AdaptersCLI] = AdaptersCLI, **kwargs) -> AdaptersCLI:
-    """Parse ``argv`` and run its subcommand, as LightningCLI does; bad input raises (`cli_error_line` says it in one
-    line). ``kwargs`` go to ``cli_class`` (`AdaptersCLI`: ``extra_callbacks``)."""
-    check_yaml_size(argv)
+def build_cli(args: list[str] | None, cli_class: type[AdaptersCLI] = AdaptersCLI, **kwargs) -> AdaptersCLI:
+    """Parse ``args`` (None: the command line) and run its subcommand, as LightningCLI does; bad input raises
+    (`cli_error_line` says it in one line). ``kwargs`` go to ``cli_class`` (`AdaptersCLI`: ``extra_callbacks``)."""
+    check_yaml_size(sys.argv[1:] if args is None else args)
     return cli_class(AdapterModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     args=argv, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                     args=args, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
                      parser_kwargs=parser_kwargs(), **kwargs)
 
 
