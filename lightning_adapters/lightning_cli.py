@@ -48,6 +48,7 @@ Parameter-efficient fine-tuning of Hugging Face models under PyTorch Lightning.
   lightning-adapters export --adapter DIR --merged OUT | --onnx OUT.onnx   (see export --help)
   lightning-adapters serve --adapters NAME=DIR [NAME=DIR ...] [--port N]    (see serve --help)
   lightning-adapters tune --config FILE --search SPACE.yaml --n-trials N     (see tune --help)
+  lightning-adapters place --config FILE --budget K                         (see place --help)
 
 Options of ours first (the full list below also holds every Trainer flag):
   --config FILE                    a shipped experiment, e.g. configs/finance_sentiment/bottleneck.yaml
