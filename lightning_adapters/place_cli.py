@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,16 +18,11 @@ import lightning as L
 import yaml
 
 from lightning_adapters.atomic import atomic_write
-from lightning_adapters.errors import UserInputError
+from lightning_adapters.command_line import OneLineParser, fail, require_config
 from lightning_adapters.lightning_cli import build_cli, cli_error_line
 from lightning_adapters.placement import choose_layers, layer_scores
 
 PROG = "lightning-adapters place"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message} — see {PROG} --help\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,8 +44,7 @@ def main(argv: list[str]) -> None:
     args, fit_args = cli.parse_known_args(argv)
     if args.batches < 1:
         cli.error("--batches must be at least 1")
-    if not any(arg == "--config" or arg.startswith("--config=") for arg in fit_args):
-        cli.error("give the experiment with --config FILE (as for fit)")
+    require_config(cli, fit_args)
     try:
         built = build_cli(fit_args, run=False)
         module, data = built.model, built.datamodule
@@ -61,11 +54,10 @@ def main(argv: list[str]) -> None:
         scores = layer_scores(module, itertools.islice(data.train_dataloader(), args.batches))
         chosen = choose_layers(scores, args.budget)
     except Exception as err:  # noqa: BLE001 — re-raised below unless it is bad user input
-        line = str(err) if isinstance(err, UserInputError) else cli_error_line(err, fit_args)
+        line = cli_error_line(err, fit_args)
         if line is None:
             raise
-        print(f"{PROG}: error: {line.splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROG, line.splitlines()[0])
     fragment = module.strategy.hparams()
     fragment["init_args"]["layers"] = chosen
     output = Path(args.output)

@@ -1,10 +1,11 @@
 """Where adapters help most: a gradient probe that ranks a model's layers for a task, and a budget of the best.
 
 The probe takes the module as configured — the strategy's adapters in every layer, at initialisation — runs a few
-training batches forward and backward (without dropout), and scores each layer by the root mean square of the loss gradient over its
-adapter weights, averaged over the batches. At initialisation these adapters leave the base model's function
-unchanged (LoRA's B, a bottleneck's up-projection are zero; IA3's scales are one), so a layer's score is how fast
-the task loss falls per unit of adapter weight trained there: the first-order benefit of an adapter in that layer.
+training batches forward and backward (without dropout), and scores each layer by the root mean square of the loss
+gradient over its adapter weights, averaged over the batches. At initialisation these adapters leave the base
+model's function unchanged (LoRA's B, a bottleneck's up-projection are zero; IA3's scales are one), so a layer's
+score is how fast the task loss falls per unit of adapter weight trained there: the first-order benefit of an
+adapter in that layer.
 `choose_layers` keeps the ``budget`` best; the result is a ``layers`` list (`lightning_adapters.strategies.layers`)
 that a run uses like any other. For an encoder-decoder an index names that block of both stacks (``layers``'
 meaning), so its score is taken over both blocks' adapter weights together.

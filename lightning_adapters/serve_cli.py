@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 
+from lightning_adapters.command_line import OneLineParser, fail
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.serve import build_server, read_adapters, require_litserve
 
 PROG = "lightning-adapters serve"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad option on one line (its usage is in --help), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message} — see {PROG} --help\n")
 
 
 def positive(kind):
@@ -87,8 +80,7 @@ def main(argv: list[str]) -> None:
         server = build_server(adapters, args.max_batch_size, args.batch_timeout, args.workers, args.max_chars,
                               args.max_inputs, args.device, args.timeout, args.threads, args.stream)
     except UserInputError as err:
-        print(f"{PROG}: error: {first_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROG, first_line(err))
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     server.run(host=args.host, port=args.port, generate_client_file=False)
 

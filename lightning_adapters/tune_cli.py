@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_adapters.command_line import OneLineParser, fail, require_config
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.lightning_cli import cli_error_line
 from lightning_adapters.tune import (
@@ -32,11 +33,6 @@ from lightning_adapters.tune import (
 )
 
 PROG = "lightning-adapters tune"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message} — see {PROG} --help\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,8 +66,7 @@ def main(argv: list[str]) -> None:
     args, fit_args = cli.parse_known_args(argv)
     if args.n_trials < 1 or args.heartbeat < 1:
         cli.error("--n-trials and --heartbeat must be at least 1")
-    if not any(arg == "--config" or arg.startswith("--config=") for arg in fit_args):
-        cli.error("give the experiment to tune with --config FILE (as for fit)")
+    require_config(cli, fit_args)
     name = args.study or Path(args.search).stem
     if not re.fullmatch(r"[\w.-]+", name):
         cli.error(f"--study {name!r} must be a word (letters, digits, '_', '-', '.')")
@@ -97,11 +92,10 @@ def main(argv: list[str]) -> None:
               "to resume it", file=sys.stderr)
         sys.exit(128 + (signal.SIGTERM if isinstance(stop, SIGTERMException) else signal.SIGINT))
     except Exception as err:  # noqa: BLE001 — re-raised below unless it is bad user input
-        line = str(err) if isinstance(err, UserInputError) else cli_error_line(err, ["fit", *fit_args])
+        line = cli_error_line(err, ["fit", *fit_args])
         if line is None:
             raise
-        print(f"{PROG}: error: {first_line(UserInputError(line))}", file=sys.stderr)
-        sys.exit(2)
+        fail(PROG, first_line(UserInputError(line)))
     best = summary.get("best")
     counts = ", ".join(f"{count} {state.lower()}" for state, count in summary["trials"].items() if count)
     print(f"tune: {counts}; {summary['epochs']} epochs trained")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from test_cli import workdir, write_config  # noqa: F401 — the fixture and the tiny config
+from test_configs import EXPERIMENTS
 
 from lightning_adapters.cli import main
 
@@ -118,7 +119,6 @@ def test_help_starts_with_an_overview_of_our_options(capsys):
         assert "--model.help" in head and "--data.help" in head and "--data.init_args.data_dir" in head
 
 
-EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("strategy", "trainer"))
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
