@@ -94,12 +94,17 @@ def within_budget(trials: list[dict], epochs: int) -> tuple[dict | None, int]:
     return (max(kept, key=lambda t: t["value"]) if kept else None), spent
 
 
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
 def short(params: dict) -> str:
     return ", ".join(f"{key.rsplit('.', 1)[-1]} {value:.3g}" for key, value in params.items())
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    _report.setup_runtime(args.threads)  # the trials' thread count, which the setup line reports
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.studies:  # a fresh study each run: the old one would be resumed
@@ -148,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                       100 * budgeted["test"] >= hand["test_accuracy"]),
                            f"{100 * (budgeted and budgeted['test'] or 0):.2f} vs {hand['test_accuracy']:.2f}")]
     per_trial = "\n".join(f"- {name} trial {t['number']}: {t['state'].lower()}, {t['epochs']} epochs, val "
-                          f"{100 * (t['value'] or 0):.2f}, test {100 * (t['test'] or 0):.2f}, {short(t['params'])}"
-                          for name in trials for t in trials[name])
+                          f"{percent(t['value'])}{' (at pruning)' if t['state'] == 'PRUNED' else ''}, test "
+                          f"{percent(t['test'])}, {short(t['params'])}" for name in trials for t in trials[name])
     table = _report.markdown_table(["study", "scope", "epochs trained", "trials complete / pruned",
                                     "best val macro-F1 %", "its test acc %", "best trial: values", "wall min"], rows)
     text = (f"# tune: {TASK}\n\n{table}\n\n" + "\n".join(checks) + f"\n\nSetup: {setup}.\n\nTrials (test "
