@@ -370,10 +370,7 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
         """The validation metric a run is judged by and its direction (what `lightning_adapters.BestCheckpoint` and
         `lightning_adapters.EarlyStopping` watch unless told another): the task head's (`TaskHead.monitor`); with
         several adapters training, the sum of their losses (``val_loss``), as their metrics differ."""
-        if len(self.trained_adapters) > 1:
-            return "val_loss", "min"
-        metric, mode = self.task_head.monitor()
-        return f"val_{metric}", mode
+        return judged_by(self.task_head, several=len(self.trained_adapters) > 1)
 
     def on_fit_start(self) -> None:
         self.check_trainable()
@@ -440,6 +437,15 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
             total = max(1, int(self.trainer.estimated_stepping_batches))
             scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def judged_by(head: TaskHead, several: bool) -> tuple[str, str]:
+    """`AdapterModule.monitor` for a module with this task ``head``, training ``several`` adapters or one (also read
+    from a config before any module is built: `lightning_adapters.tune`)."""
+    if several:
+        return "val_loss", "min"
+    metric, mode = head.monitor()
+    return f"val_{metric}", mode
 
 
 def load_adapter(folder: str | os.PathLike, backbone: str | None = None, dtype: str | None = None,

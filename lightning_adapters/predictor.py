@@ -134,11 +134,10 @@ class Predictor:
             for piece in predictor.stream("Summarise: net sales rose 5 %"):
                 print(piece, end="", flush=True)
         """
-        head, batch = self.module.task_head, self.encode_one(item)
-        if self.module.parallel:
+        if self.module.parallel:  # refused before any encoding
             raise UserInputError("Parallel adapters predict side by side and cannot stream one text — "
                                  "set_active_adapters(<one adapter>) first")
-        return stream_with(head, self.module.backbone, batch)
+        return stream_with(self.module.task_head, self.module.backbone, self.encode_one(item))
 
     def encode_one(self, item: str | dict[str, Any]) -> dict[str, Any]:
         """One input (a text or a row) as the batch `predict` would give the module, on the predictor's device."""

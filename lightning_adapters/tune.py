@@ -50,6 +50,7 @@ from lightning_adapters.atomic import atomic_write, replace_folder
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.heads import ClassificationHead, TaskHead
 from lightning_adapters.lightning_cli import AdaptersCLI, build_cli, cli_error_line
+from lightning_adapters.module import judged_by
 
 try:  # the `tune` extra; without it the rest of the package works and `tune` says what to install
     import optuna
@@ -214,7 +215,7 @@ def parse_fit(fit_args: list[str], space: SearchSpace):
     raise AssertionError("ParseOnly stops before instantiation")  # pragma: no cover
 
 
-def judged_by(config) -> tuple[str, str]:
+def config_judged_by(config) -> tuple[str, str]:
     """The metric and direction a trial is judged by: those the run's `BestCheckpoint` watches — its own
     ``monitor``/``mode`` when the config gives them, else the task head's (`AdapterModule.monitor`)."""
     for callback in config.trainer.get("callbacks") or []:
@@ -222,14 +223,11 @@ def judged_by(config) -> tuple[str, str]:
         if str(callback.get("class_path", "")).endswith(".BestCheckpoint") and args.get("monitor"):
             return args["monitor"], args.get("mode") or "min"
     init = config.model.init_args
-    if init.get("tasks"):  # several adapters train: AdapterModule.monitor judges by the summed loss
-        return "val_loss", "min"
     head = init.get("head")
     head = ClassificationHead() if head is None else instantiate_class((), head.as_dict())
     if not isinstance(head, TaskHead):
         raise UserInputError(f"model.init_args.head is a {type(head).__name__}, not a TaskHead — fix the config")
-    metric, mode = head.monitor()
-    return f"val_{metric}", mode
+    return judged_by(head, several=bool(init.get("tasks")))  # tasks: more adapters train beside the module's own
 
 
 class TrialRecord(L.Callback):

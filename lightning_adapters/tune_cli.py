@@ -21,7 +21,7 @@ from lightning_adapters.command_line import OneLineParser, fail, require_config
 from lightning_adapters.errors import UserInputError, first_line
 from lightning_adapters.lightning_cli import cli_error_line
 from lightning_adapters.tune import (
-    judged_by,
+    config_judged_by,
     make_study,
     open_storage,
     parse_fit,
@@ -75,12 +75,13 @@ def main(argv: list[str]) -> None:
         require_optuna()
         space = read_search_space(args.search)
         config = parse_fit(fit_args, space)
-        metric, mode = judged_by(config)
+        metric, mode = config_judged_by(config)
         if args.storage is None:
             output.mkdir(parents=True, exist_ok=True)
-        storage = open_storage(args.storage or f"sqlite:///{output.resolve() / 'study.db'}", args.heartbeat)
+        url = args.storage or f"sqlite:///{output.resolve() / 'study.db'}"
+        storage = open_storage(url, args.heartbeat)
         study = make_study(name, storage, space, args.seed, mode, args.pruning, fit_args, metric)
-        print(f"tune: study '{name}' in {storage_url(args.storage or 'sqlite:///' + str(output / 'study.db'))}: "
+        print(f"tune: study '{name}' in {storage_url(url)}: "
               f"{metric} ({'max' if mode == 'max' else 'min'}), {args.n_trials} trials; output {output}",
               flush=True)
         output.mkdir(parents=True, exist_ok=True)

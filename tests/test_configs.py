@@ -127,7 +127,7 @@ def test_search_space_reads_and_names_keys_fit_accepts_for_the_config_it_names(s
     """Each shipped search space, with the config and strategy its header comment names: every key is one fit
     accepts (tune's own check, a parse of fit's arguments with a value of every key)."""
     pytest.importorskip("optuna")
-    from lightning_adapters.tune import judged_by, parse_fit, read_search_space
+    from lightning_adapters.tune import config_judged_by, parse_fit, read_search_space
 
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("LIGHTNING_ADAPTERS_DATA", str(DATA))  # only parsed: the folder need not exist
@@ -135,4 +135,4 @@ def test_search_space_reads_and_names_keys_fit_accepts_for_the_config_it_names(s
     config = re.search(r"--config (\S+)", header).group(1)
     strategy = re.search(r"--model.init_args.strategy (\S+)", header).group(1)
     parsed = parse_fit(["--config", config, "--model.init_args.strategy", strategy], read_search_space(space))
-    assert judged_by(parsed) == ("val_macro_f1", "max")
+    assert config_judged_by(parsed) == ("val_macro_f1", "max")
