@@ -20,7 +20,7 @@ import yaml
 from lightning_adapters.atomic import atomic_write
 from lightning_adapters.command_line import OneLineParser, fail, require_config
 from lightning_adapters.lightning_cli import build_cli, cli_error_line
-from lightning_adapters.placement import choose_layers, layer_scores
+from lightning_adapters.placement import choose_layers, layer_scores, ranked
 
 PROG = "lightning-adapters place"
 
@@ -65,10 +65,10 @@ def main(argv: list[str]) -> None:
               "gradient probe ranks best.\n# Use it: lightning-adapters fit ... --model.init_args.strategy "
               f"{output}\n")
     atomic_write(output, lambda tmp: Path(tmp).write_text(header + yaml.safe_dump(fragment, sort_keys=False)))
-    ranked = sorted(scores, key=lambda index: -scores[index])
+    order = ranked(scores)
     atomic_write(output.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(
-        {"scores": {str(index): scores[index] for index in scores}, "ranked": ranked, "chosen": chosen,
+        {"scores": {str(index): scores[index] for index in scores}, "ranked": order, "chosen": chosen,
          "budget": args.budget, "batches": args.batches}, indent=2) + "\n"))
-    for index in ranked:
+    for index in order:
         print(f"layer {index:>3}: {scores[index]:.3e}{'  <- chosen' if index in chosen else ''}")
     print(f"{PROG}: layers {chosen} written to {output}")

@@ -72,5 +72,9 @@ def choose_layers(scores: dict[int, float], budget: int) -> list[int]:
     if not 1 <= budget <= len(scores):
         raise UserInputError(f"a budget of {budget} layers is not between 1 and the {len(scores)} layers the model "
                              "has — give --budget in that range")
-    ranked = sorted(scores, key=lambda index: (-scores[index], index))
-    return sorted(ranked[:budget])
+    return sorted(ranked(scores)[:budget])
+
+
+def ranked(scores: dict[int, float]) -> list[int]:
+    """Layer indices from the best score down (ties: the lower index first)."""
+    return sorted(scores, key=lambda index: (-scores[index], index))
