@@ -10,12 +10,14 @@ from lightning_adapters.data import (
     QADataModule,
     SummarizationDataModule,
     TextClassificationDataModule,
+    TextCorpusDataModule,
     TokenClassificationDataModule,
 )
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import (
     ClassificationHead,
     GenerationHead,
+    LanguageModelingHead,
     QuestionAnsweringHead,
     TaskHead,
     TokenClassificationHead,
@@ -36,12 +38,13 @@ from lightning_adapters.strategies import (
     Strategy,
 )
 
-__all__ = ["IA3", "AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottleneck", "ClassificationHead",
-           "DialogueDataModule", "EarlyStopping", "FullFineTuning", "GenerationHead", "JsonlPredictionWriter", "Lora",
-           "MultiTaskDataModule", "Parallel", "Predictor", "PrefixTuning", "PromptTuning", "QADataModule",
+__all__ = ["AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottleneck", "ClassificationHead", "DialogueDataModule",
+           "EarlyStopping", "FullFineTuning", "GenerationHead", "IA3", "JsonlPredictionWriter", "LanguageModelingHead",
+           "Lora", "MultiTaskDataModule", "Parallel", "Predictor", "PrefixTuning", "PromptTuning", "QADataModule",
            "QuestionAnsweringHead", "Stack", "Strategy", "SummarizationDataModule", "TaskAdapter", "TaskHead",
-           "TextClassificationDataModule", "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError",
-           "export_onnx", "load_adapter", "register_adapter_class", "save_adapter"]
+           "TextClassificationDataModule", "TextCorpusDataModule", "TokenClassificationDataModule",
+           "TokenClassificationHead", "UserInputError", "export_onnx", "load_adapter", "register_adapter_class",
+           "save_adapter"]
 __version__ = "0.1.0"
 moved.install()  # old module paths fail with one line naming the new one
 __getattr__ = moved.package_getattr

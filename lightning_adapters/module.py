@@ -407,6 +407,19 @@ class AdapterModule(MixedBatches, NamedAdapters, L.LightningModule):
             self.log_dict(values, prog_bar=collection is metrics)  # global after compute(): no second reduction
             collection.reset()
 
+    def _fresh_metrics(self, metrics, stage: str) -> None:
+        """Reset at the start of an evaluation epoch, so the states are made in this loop's grad mode: states reset
+        inside ``Trainer.validate`` (inference mode) are inference tensors, which the in-place updates of a later
+        fit's validation (no_grad) refuse."""
+        for collection in [metrics, *self._routed_metrics.get(stage, {}).values()]:
+            collection.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._fresh_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._fresh_metrics(self.test_metrics, "test")
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 

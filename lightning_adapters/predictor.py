@@ -36,6 +36,7 @@ from lightning_adapters.data import (
     SplitDataModule,
     SummarizationDataModule,
     TextClassificationDataModule,
+    TextCorpusDataModule,
     TokenClassificationDataModule,
     check_limits,
 )
@@ -43,6 +44,7 @@ from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads import (
     ClassificationHead,
     GenerationHead,
+    LanguageModelingHead,
     QuestionAnsweringHead,
     TaskHead,
     TokenClassificationHead,
@@ -54,7 +56,7 @@ from lightning_adapters.module import AdapterModule, load_adapter
 # Head -> the DataModule of its task family (a subclass of the head finds its base here).
 TASK_DATA: dict[type[TaskHead], type[SplitDataModule]] = {
     ClassificationHead: TextClassificationDataModule, TokenClassificationHead: TokenClassificationDataModule,
-    QuestionAnsweringHead: QADataModule}
+    QuestionAnsweringHead: QADataModule, LanguageModelingHead: TextCorpusDataModule}
 GENERATION_DATA = (SummarizationDataModule, DialogueDataModule)  # one head, two row formats: the user picks
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 Data = type[SplitDataModule] | SplitDataModule | None
