@@ -152,6 +152,18 @@ def test_corpus_reads_text_files_tables_and_lines(tmp_path, model_dirs):
     assert len(data.splits["train"][0]) == 10 and len(data.splits["validation"][0]) == 7
     assert data.splits == again.splits  # seeded
     assert not set(data.splits["train"][1]) & set(data.splits["validation"][1])
+    fewer = TextCorpusDataModule(model_dirs["bert"], train_file=many, validation_fraction=0.2, max_validation_texts=3)
+    assert len(fewer.splits["validation"][0]) == 3 and set(fewer.splits["validation"][1]) <= set(
+        TextCorpusDataModule(model_dirs["bert"], train_file=many, validation_fraction=0.2).splits["validation"][1])
+
+
+def test_finance_text_pack_reads_transcript_sentences():
+    from lightning_adapters.tasks.finance_text import FinanceTextDataModule
+
+    data = FinanceTextDataModule()  # the bundled sample: 3 calls of 12 lines, 3 of them under 5 words
+    texts = data.splits["train"][0] + data.splits["validation"][0]
+    assert len(texts) == 33 and "Thank you." not in texts and len(data.splits["validation"][0]) == 3
+    assert all(isinstance(row_id, list) and len(row_id) == 2 for row_id in data.splits["train"][1])
 
 
 @pytest.mark.parametrize("case, message", [

@@ -4,8 +4,8 @@ Each text is one example, cut at ``max_length`` tokens (HF's ``run_mlm --line_by
 whole, and a row's score in prediction is the score of that text. Sources are the usual split files — tables
 (CSV/TSV/JSONL/parquet, ``text_column``) or ``.txt`` files (one text per non-blank line) — or a Hub dataset.
 ``lines`` makes each line of a cell its own text (ECTSum's transcripts hold one sentence per line). Texts shorter than
-``min_words`` words are dropped (an earnings call's "Thank you." teaches little); ``max_train_texts`` keeps a seeded
-sample of the training texts. A missing validation split is carved from the training texts.
+``min_words`` words are dropped (an earnings call's "Thank you." teaches little); ``max_train_texts`` and
+``max_validation_texts`` keep seeded samples. A missing validation split is carved from the training texts.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class TextCorpusDataModule(SplitDataModule):
         min_words: texts with fewer whitespace-separated words are dropped.
         max_train_texts: keep a seeded sample of at most this many training texts (after the validation split is
             carved); default: all.
+        max_validation_texts: keep a seeded sample of at most this many validation texts; default: all.
         validation_fraction: share of the training texts held out for validation when there is no validation_file.
         test_fraction: share of the training texts held out for test when there is no test_file (default none).
         max_length: longest tokenized text; longer ones are cut (setup logs how many).
@@ -68,17 +69,20 @@ class TextCorpusDataModule(SplitDataModule):
     def __init__(self, tokenizer: str = "minilm", train_file: str | None = None, validation_file: str | None = None,
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
                  hub_config: str | None = None, text_column: str = "text", lines: bool = False, min_words: int = 1,
-                 max_train_texts: int | None = None, validation_fraction: float = 0.05, test_fraction: float = 0.0,
+                 max_train_texts: int | None = None, max_validation_texts: int | None = None,
+                 validation_fraction: float = 0.05, test_fraction: float = 0.0,
                  seed: int = 42, max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0, group_by_length: bool = False) -> None:
         super().__init__()
         self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
                           validation_fraction, test_fraction, max_length=(max_length, 2, math.inf),
                           min_words=(min_words, 0, math.inf),
-                          max_train_texts=(max_train_texts or 1, 1, math.inf))
+                          max_train_texts=(max_train_texts or 1, 1, math.inf),
+                          max_validation_texts=(max_validation_texts or 1, 1, math.inf))
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
         self.text_column, self.lines, self.min_words = text_column, lines, min_words
-        self.max_length, self.max_train_texts = max_length, max_train_texts
+        self.max_length, self.max_train_texts, self.max_validation_texts = max_length, max_train_texts, \
+            max_validation_texts
         hub = hub_tables(hub_dataset, hub_config)[0] if hub_dataset else {}
         files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         tables = read_splits(files, lambda path, source, split: self.read_table(path, source), hub,
@@ -88,9 +92,11 @@ class TextCorpusDataModule(SplitDataModule):
         carve_missing_splits(self.splits, {"test": self.test_fraction, "validation": self.validation_fraction},
                              self.seed, keys=lambda split: [0] * len(split[0]), unit="training texts",
                              take=_texts_of)
-        if max_train_texts is not None and "train" in self.splits and len(self.splits["train"][0]) > max_train_texts:
-            rows = np.random.default_rng(self.seed).permutation(len(self.splits["train"][0]))[:max_train_texts]
-            self.splits["train"] = _texts_of(self.splits["train"], sorted(rows.tolist()))
+        for split, most in (("train", max_train_texts), ("validation", max_validation_texts)):
+            if most is not None and split in self.splits and len(self.splits[split][0]) > most:
+                rows = np.random.default_rng(self.seed).permutation(len(self.splits[split][0]))[:most]
+                self.splits[split] = _texts_of(self.splits[split], sorted(rows.tolist()))
+        self.label_names = None  # language modelling has no label set
         self.tokenizer = None  # loaded in setup(): the checks above need no tokenizer
         self._datasets: dict[str, list[dict[str, Any]]] = {}
         self.truncated: dict[str, int] = {}
