@@ -229,3 +229,21 @@ def test_fit_trains_a_domain_adapter_from_the_command_line(tmp_path, monkeypatch
     assert len(exported) == 1, "fit exports the best adapter"
     module = load_adapter(exported[0])
     assert isinstance(module.head, LanguageModelingHead) and not module.head.masked
+
+
+FINANCE = ["quarterly revenue rose 8 percent on higher prices", "operating margin improved to 11 percent",
+           "the bank raised its full-year profit forecast", "net income fell as costs climbed"]
+OTHER = ["my card has not arrived yet", "how do I reset my pin", "what time does the train leave",
+         "can I change the delivery address", "the cat slept on the sofa all afternoon", "I lost my phone"]
+
+
+def test_select_near_keeps_the_training_texts_nearest_the_task(tmp_path):
+    pool = write_lines(tmp_path / "pool.txt", OTHER + FINANCE)
+    task = write_lines(tmp_path / "task.txt", ["profit for the quarter beat expectations",
+                                               "sales grew and margins widened"])
+    data = TextCorpusDataModule("minilm", train_file=pool, select_near=task, select_size=4, validation_fraction=0.0)
+    assert sorted(data.splits["train"][0]) == sorted(FINANCE)  # the frozen MiniLM tells finance from the rest
+    with pytest.raises(UserInputError, match="select_near needs select_size"):
+        TextCorpusDataModule("minilm", train_file=pool, select_near=task)
+    with pytest.raises(UserInputError, match="select_near not found"):
+        TextCorpusDataModule("minilm", train_file=pool, select_near=str(tmp_path / "missing.txt"), select_size=2)

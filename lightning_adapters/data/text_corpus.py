@@ -22,9 +22,10 @@ from lightning_adapters.data.classification import TextCollator
 from lightning_adapters.data.lengths import count_truncated, fit_max_length
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
 from lightning_adapters.data.readers import READERS, Table, column_texts, rows_table
-from lightning_adapters.data.source import hub_tables, read_splits, read_table
+from lightning_adapters.data.source import existing_file, hub_tables, read_splits, read_table
 from lightning_adapters.data.splits import carve_missing_splits
 from lightning_adapters.errors import UserInputError
+from lightning_adapters.selection import select_texts
 
 Texts = tuple[list[str], list[Any]]  # texts, and where each came from (row id, or [row id, line] with ``lines``)
 
@@ -58,6 +59,12 @@ class TextCorpusDataModule(SplitDataModule):
         max_train_texts: keep a seeded sample of at most this many training texts (after the validation split is
             carved); default: all.
         max_validation_texts: keep a seeded sample of at most this many validation texts; default: all.
+        select_near: a file of the target task's texts (a table or .txt): the training texts become the
+            ``select_size`` of them nearest to these (`lightning_adapters.selection`: the frozen backbone's
+            mean-pooled embeddings, each target's nearest neighbours in turn), before the validation split is
+            carved; the backbone is the ``tokenizer``'s. ``lightning-adapters select`` does the same to a file.
+        select_column: the column of ``select_near`` holding the texts (a .txt file's lines are read as it).
+        select_size: how many training texts ``select_near`` keeps.
         validation_fraction: share of the training texts held out for validation when there is no validation_file.
         test_fraction: share of the training texts held out for test when there is no test_file (default none).
         max_length: longest tokenized text; longer ones are cut (setup logs how many).
@@ -70,6 +77,7 @@ class TextCorpusDataModule(SplitDataModule):
                  test_file: str | None = None, predict_file: str | None = None, hub_dataset: str | None = None,
                  hub_config: str | None = None, text_column: str = "text", lines: bool = False, min_words: int = 1,
                  max_train_texts: int | None = None, max_validation_texts: int | None = None,
+                 select_near: str | None = None, select_column: str = "text", select_size: int | None = None,
                  validation_fraction: float = 0.05, test_fraction: float = 0.0,
                  seed: int = 42, max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0, group_by_length: bool = False) -> None:
@@ -89,6 +97,8 @@ class TextCorpusDataModule(SplitDataModule):
                              nothing="no text given — pass train_file (a table or a .txt file) or hub_dataset")
         self.splits: dict[str, Texts] = {split: self.texts(table, scored=split == "predict")
                                         for split, table in tables.items()}
+        if select_near is not None:
+            self.select_training_texts(select_near, select_column, select_size)
         carve_missing_splits(self.splits, {"test": self.test_fraction, "validation": self.validation_fraction},
                              self.seed, keys=lambda split: [0] * len(split[0]), unit="training texts",
                              take=_texts_of)
@@ -100,6 +110,19 @@ class TextCorpusDataModule(SplitDataModule):
         self.tokenizer = None  # loaded in setup(): the checks above need no tokenizer
         self._datasets: dict[str, list[dict[str, Any]]] = {}
         self.truncated: dict[str, int] = {}
+
+    def select_training_texts(self, near: str, column: str, size: int | None) -> None:
+        """Keep the ``size`` training texts nearest to the texts of file ``near``, in selection order."""
+        if size is None:
+            raise UserInputError("select_near needs select_size: how many training texts to keep")
+        if "train" not in self.splits:
+            raise UserInputError("select_near picks among the training texts — pass train_file (the pool)")
+        readers = {**READERS, ".txt": lambda p, s: read_text_lines(p, s, column)}
+        table = read_table(existing_file("select_near", near), f"select_near '{near}'", readers)
+        targets = [text for text in column_texts(table, column, "select_column") if text.strip()]
+        chosen = select_texts(self.tokenizer_name, self.splits["train"][0], targets, size,
+                              max_length=self.max_length)
+        self.splits["train"] = _texts_of(self.splits["train"], chosen)
 
     def read_table(self, path: Path, source: str) -> Table:
         readers = {**READERS, ".txt": lambda p, s: read_text_lines(p, s, self.text_column)}
