@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from transformers import DataCollatorWithPadding
 
 from lightning_adapters.backbone import load_tokenizer, resolve
+from lightning_adapters.data.augmentation import Augmentation, AugmentedRows
 from lightning_adapters.data.lengths import count_truncated, fit_max_length
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
 from lightning_adapters.data.readers import (
@@ -71,6 +72,8 @@ class TextClassificationDataModule(SplitDataModule):
         test_fraction: share of the training rows held out for test when missing.
         max_length: longest tokenized input; longer ones are truncated (setup logs how many); capped at the
             backbone's positions.
+        augment: augment the training split (`lightning_adapters.data.augmentation.Augmentation`: token edits,
+            paraphrases); validation, test and predict rows are never augmented.
     """
 
     batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "class id per row",
@@ -82,10 +85,11 @@ class TextClassificationDataModule(SplitDataModule):
                  label_names: list[str] | None = None, validation_fraction: float = 0.1, test_fraction: float = 0.1,
                  seed: int = 42, max_length: int = 128, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0,
-                 group_by_length: bool = False) -> None:
+                 group_by_length: bool = False, augment: Augmentation | None = None) -> None:
         super().__init__()
         self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
                           validation_fraction, test_fraction, max_length=(max_length, 1, math.inf))
+        self.augment = augment
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
         self.text_column, self.label_column, self.max_length = text_column, label_column, max_length
         hub, class_names = hub_tables(hub_dataset, hub_config, label_column) if hub_dataset else ({}, None)
@@ -145,12 +149,44 @@ class TextClassificationDataModule(SplitDataModule):
             items = self._datasets[split] = self.encode(rows)
             self.truncated[split] = count_truncated(self.tokenizer, rows[0], [item["input_ids"] for item in items],
                                                     self.max_length)
+        if self.augment is not None and stage in (None, "fit") and "train" in self._datasets:
+            self._augment_training()
         if not self.splits:  # built to encode in-memory rows (`for_rows`): no split to report
             return
         sizes = ", ".join(f"{split} {len(split_rows[0]):,}" for split, split_rows in self.splits.items())
         cut = ", ".join(f"{split} {count:,}" for split, count in self.truncated.items() if count)
         rank_zero_info(f"data: {sizes} rows; {len(self.label_names)} labels"
                        + (f"; rows cut at max_length={self.max_length} tokens: {cut}" if cut else ""))
+
+    # ---- augmentation (training split only) --------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Lightning's rank-0 hook for writes: complete the paraphrase cache (`Augmentation.complete_cache`)."""
+        if self.augment is not None and self.augment.paraphrases is not None and "train" in self.splits:
+            self.augment.complete_cache(self.splits["train"][0])
+
+    def _augment_training(self) -> None:
+        """The training items with their edited copies and cached paraphrases (`AugmentedRows`); once."""
+        items = self._datasets["train"]
+        if isinstance(items, AugmentedRows):
+            return
+        texts, labels, ids = self.splits["train"]
+        extra = []
+        if self.augment.paraphrases is not None:  # a paraphrase that is empty or the text itself adds nothing
+            new = [(row, paraphrase) for row, (text, paraphrase) in
+                   enumerate(zip(texts, self.augment.cached_paraphrases(texts), strict=True))
+                   if paraphrase.strip() and paraphrase.strip() != text.strip()]
+            extra = self.encode(([p for _, p in new], [labels[r] for r, _ in new], [ids[r] for r, _ in new])) \
+                if new else []
+        augmented = AugmentedRows(items, [(text.split(), None) for text in texts], self._edited_item, self.augment,
+                                  self.seed, extra=extra)
+        self._datasets["train"] = augmented
+        rank_zero_info(f"augment: {len(items):,} training rows + {len(items) * self.augment.copies:,} edited + "
+                       f"{len(extra):,} paraphrases = {len(augmented):,} per epoch")
+
+    def _edited_item(self, row: int, words: list[str], tags: None) -> dict[str, Any]:
+        """Training row ``row`` with its words edited, encoded as the training items are (its label kept)."""
+        _, labels, ids = self.splits["train"]
+        return self.encode(([" ".join(words)], [labels[row]], [ids[row]]))[0]
 
     def encode(self, split: Split) -> list[dict[str, Any]]:
         """A split's items: token ids and mask (cut at ``max_length``), the text, ``meta`` and, if known, the label."""

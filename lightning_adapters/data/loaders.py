@@ -70,6 +70,26 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+class EpochIndexSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """``sampler``'s indices as ``(index, epoch)`` pairs, for a training set whose items change per epoch
+    (`lightning_adapters.data.augmentation.AugmentedRows`). The epoch travels with every index rather than being set
+    on the dataset: worker processes (persistent ones too) hold their own copy of the dataset, which a ``set_epoch``
+    in the main process never reaches. ``set_epoch`` (Lightning's call) goes to ``sampler``, which keeps the order."""
+
+    def __init__(self, sampler: EpochShuffleSampler | LengthGroupedSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((index, epoch) for index in self.sampler)
+
+
 def item_length(item: dict[str, Any]) -> int:
     """Tokens a training item costs: its input, plus a separate target sequence where it has one."""
     labels = item.get("labels")
@@ -238,12 +258,16 @@ class SplitDataModule(L.LightningDataModule):
         return ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self._train_sampler(dataset),
                                    position=self._train_position(), **common)
 
-    def _train_sampler(self, dataset: Sequence[Any]) -> torch.utils.data.Sampler[int]:
+    def _train_sampler(self, dataset: Sequence[Any]) -> torch.utils.data.Sampler:
+        """The seeded training order; as (index, epoch) pairs for a training set that reads the epoch."""
         if not self.group_by_length:
-            return EpochShuffleSampler(len(dataset), self.seed)
-        trainer = getattr(self, "trainer", None)
-        world_size = trainer.world_size if trainer is not None else 1
-        return LengthGroupedSampler([item_length(item) for item in dataset], self.batch_size * world_size, self.seed)
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+        else:
+            trainer = getattr(self, "trainer", None)
+            world_size = trainer.world_size if trainer is not None else 1
+            sampler = LengthGroupedSampler([item_length(item) for item in dataset], self.batch_size * world_size,
+                                           self.seed)
+        return EpochIndexSampler(sampler) if getattr(dataset, "reads_epoch", False) else sampler
 
     def train_dataloader(self) -> DataLoader:
         return self.make_loader("train", "train")

@@ -7,11 +7,13 @@ the tag set: `lightning_adapters.data.conll_format`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
+from lightning_adapters.data.augmentation import Augmentation, AugmentedRows
 from lightning_adapters.data.conll_format import (
     SCHEMES,
     Scheme,
@@ -73,6 +75,8 @@ class TokenClassificationDataModule(SplitDataModule):
             validation when there is no validation file.
         max_length: longest tokenized sentence; words past it are cut off (and count as predicted ``O``); capped at the
             backbone's positions.
+        augment: augment the training sentences with token edits of their ``O`` words that keep every entity span
+            (`lightning_adapters.data.augmentation.Augmentation`; no paraphrases); other splits are never augmented.
     """
 
     batch_keys = {"input_ids": "token ids", "attention_mask": "token mask", "labels": "tag id per token",
@@ -87,10 +91,13 @@ class TokenClassificationDataModule(SplitDataModule):
                  label_subwords: Literal["first", "last", "all"] = "first", validation_fraction: float = 0.1,
                  seed: int = 42, max_length: int = 256, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0,
-                 group_by_length: bool = False) -> None:
+                 group_by_length: bool = False, augment: Augmentation | None = None) -> None:
         super().__init__()
         self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
                           validation_fraction, max_length=(max_length, 2, math.inf))
+        if augment is not None:
+            augment.check_keeps_tags()
+        self.augment = augment
         if scheme not in SCHEMES:
             raise UserInputError(f"unknown scheme '{scheme}' — use one of {', '.join(SCHEMES)}")
         if label_subwords not in ("first", "last", "all"):
@@ -166,6 +173,21 @@ class TokenClassificationDataModule(SplitDataModule):
         sizes = ", ".join(f"{split} {len(sentences):,}" for split, sentences in self.splits.items())
         rank_zero_info(f"data: {sizes} sentences; {len(self.label_names)} tags"
                        + (f"; {cut} words past max_length={self.max_length} (scored as O)" if cut else ""))
+        if self.augment is not None and stage in (None, "fit") and "train" in self._datasets:
+            self._augment_training()  # after the count above: it counts the sentences as read
+
+    def _augment_training(self) -> None:
+        """The training items with their edited copies (`AugmentedRows`; tags are IOB2 by now); once."""
+        items = self._datasets["train"]
+        if not isinstance(items, AugmentedRows):
+            rows = [(sentence.words, sentence.tags) for sentence in self.splits["train"]]
+            self._datasets["train"] = AugmentedRows(items, rows, self._edited_item, self.augment, self.seed, "IOB2")
+            rank_zero_info(f"augment: {len(items):,} training sentences + {len(items) * self.augment.copies:,} "
+                           "edited per epoch")
+
+    def _edited_item(self, row: int, words: list[str], tags: list[str]) -> dict[str, Any]:
+        """Training sentence ``row`` with its ``O`` words edited, encoded as the training items are (same id)."""
+        return self.encode(replace(self.splits["train"][row], words=words, tags=tags))
 
     def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
         return [{TEXT_COLUMN: text} for text in texts]
