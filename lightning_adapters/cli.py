@@ -1,12 +1,13 @@
 """The ``lightning-adapters`` command: ``fit|validate|test|predict`` are LightningCLI's
-(`lightning_adapters.lightning_cli`); ``export``, ``serve``, ``tune`` and ``place`` have their own small parsers.
+(`lightning_adapters.lightning_cli`); ``export``, ``serve``, ``tune``, ``place`` and ``select`` have their own small
+parsers.
 """
 
 from __future__ import annotations
 
 import sys
 
-from lightning_adapters import export_cli, place_cli, serve_cli, tune_cli
+from lightning_adapters import export_cli, place_cli, select_cli, serve_cli, tune_cli
 from lightning_adapters.lightning_cli import (  # noqa: F401 — their home before lightning_cli: imports keep working
     TRAINER_DEFAULTS,
     AdaptersCLI,
@@ -14,7 +15,8 @@ from lightning_adapters.lightning_cli import (  # noqa: F401 — their home befo
     run_cli,
 )
 
-OWN_PARSERS = {"export": export_cli.main, "serve": serve_cli.main, "tune": tune_cli.main, "place": place_cli.main}
+OWN_PARSERS = {"export": export_cli.main, "serve": serve_cli.main, "tune": tune_cli.main, "place": place_cli.main,
+               "select": select_cli.main}
 
 
 def main(args: list[str] | None = None) -> None:
