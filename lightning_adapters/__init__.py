@@ -5,6 +5,7 @@ from lightning_adapters.adapter_folder import save_adapter
 from lightning_adapters.callbacks import BestCheckpoint, EarlyStopping, JsonlPredictionWriter
 from lightning_adapters.composition import Parallel, Stack
 from lightning_adapters.data import (
+    Augmentation,
     DialogueDataModule,
     MultiTaskDataModule,
     QADataModule,
@@ -25,6 +26,7 @@ from lightning_adapters.heads import (
 from lightning_adapters.module import AdapterModule, load_adapter
 from lightning_adapters.named_adapters import TaskAdapter
 from lightning_adapters.onnx_export import export_onnx
+from lightning_adapters.paraphraser import Paraphraser
 from lightning_adapters.predictor import Predictor
 from lightning_adapters.registry import register_adapter_class
 from lightning_adapters.strategies import (
@@ -38,13 +40,13 @@ from lightning_adapters.strategies import (
     Strategy,
 )
 
-__all__ = ["AdapterFusion", "AdapterModule", "BestCheckpoint", "Bottleneck", "ClassificationHead", "DialogueDataModule",
-           "EarlyStopping", "FullFineTuning", "GenerationHead", "IA3", "JsonlPredictionWriter", "LanguageModelingHead",
-           "Lora", "MultiTaskDataModule", "Parallel", "Predictor", "PrefixTuning", "PromptTuning", "QADataModule",
-           "QuestionAnsweringHead", "Stack", "Strategy", "SummarizationDataModule", "TaskAdapter", "TaskHead",
-           "TextClassificationDataModule", "TextCorpusDataModule", "TokenClassificationDataModule",
-           "TokenClassificationHead", "UserInputError", "export_onnx", "load_adapter", "register_adapter_class",
-           "save_adapter"]
+__all__ = ["AdapterFusion", "AdapterModule", "Augmentation", "BestCheckpoint", "Bottleneck", "ClassificationHead",
+           "DialogueDataModule", "EarlyStopping", "FullFineTuning", "GenerationHead", "IA3", "JsonlPredictionWriter",
+           "LanguageModelingHead", "Lora", "MultiTaskDataModule", "Parallel", "Paraphraser", "Predictor",
+           "PrefixTuning", "PromptTuning", "QADataModule", "QuestionAnsweringHead", "Stack", "Strategy",
+           "SummarizationDataModule", "TaskAdapter", "TaskHead", "TextClassificationDataModule", "TextCorpusDataModule",
+           "TokenClassificationDataModule", "TokenClassificationHead", "UserInputError", "export_onnx", "load_adapter",
+           "register_adapter_class", "save_adapter"]
 __version__ = "0.1.0"
 moved.install()  # old module paths fail with one line naming the new one
 __getattr__ = moved.package_getattr

@@ -11,6 +11,7 @@
   seeded data loaders.
 """
 
+from lightning_adapters.data.augmentation import Augmentation
 from lightning_adapters.data.classification import TextClassificationDataModule, TextCollator
 from lightning_adapters.data.dialogue import DialogueDataModule
 from lightning_adapters.data.lengths import count_truncated, fit_max_length, position_limit
@@ -31,8 +32,8 @@ from lightning_adapters.data.token_classification import TokenClassificationData
 
 ClassificationDataModule = TextClassificationDataModule  # the family's name, as the heads spell it
 
-__all__ = ["ClassificationDataModule", "DialogueDataModule", "EpochShuffleSampler", "LengthGroupedSampler",
-           "MultiTaskDataModule", "QADataModule", "READERS", "SPLITS", "SplitDataModule", "SummarizationDataModule",
-           "Table", "TextClassificationDataModule", "TextCollator", "TextCorpusDataModule",
+__all__ = ["Augmentation", "ClassificationDataModule", "DialogueDataModule", "EpochShuffleSampler",
+           "LengthGroupedSampler", "MultiTaskDataModule", "QADataModule", "READERS", "SPLITS", "SplitDataModule",
+           "SummarizationDataModule", "Table", "TextClassificationDataModule", "TextCollator", "TextCorpusDataModule",
            "TokenClassificationDataModule", "check_limits", "count_truncated", "existing_file", "fit_max_length",
            "position_limit", "read_splits", "read_table", "row_ids"]
