@@ -50,6 +50,7 @@ def main(argv: list[str]) -> None:
         module, data = built.model, built.datamodule
         if built.config.get("seed_everything") is not None:
             L.seed_everything(built.config["seed_everything"], verbose=False)
+        data.prepare_data()  # e.g. augmentation's paraphrase cache, as Trainer.fit would
         data.setup("fit")
         scores = layer_scores(module, itertools.islice(data.train_dataloader(), args.batches))
         chosen = choose_layers(scores, args.budget)

@@ -16,6 +16,7 @@ from test_cli import WORDS, write_split
 
 from lightning_adapters import (
     AdapterModule,
+    Augmentation,
     Lora,
     MultiTaskDataModule,
     TaskAdapter,
@@ -194,6 +195,10 @@ def test_bad_mixtures_are_refused_in_one_line(task_files, model_dirs):
     with pytest.raises(UserInputError, match="cannot share a batch — set mix: batches"):
         MultiTaskDataModule({"sentiment": sentiment, "ner": ner}, tokenizer=model_dirs["bert"], mix="rows")
     MultiTaskDataModule({"sentiment": sentiment, "ner": ner}, tokenizer=model_dirs["bert"], mix="batches")
+    augmented = TextClassificationDataModule(tokenizer=model_dirs["bert"], augment=Augmentation(swap=0.1),
+                                             **files(task_files, "sentiment"))
+    with pytest.raises(UserInputError, match="task 'sentiment' sets augment, which mixed-task training does not"):
+        MultiTaskDataModule({"sentiment": augmented}, tokenizer=model_dirs["bert"])
     intent = files(task_files, "intent")
     no_validation = TextClassificationDataModule(tokenizer=model_dirs["bert"], validation_fraction=0.0,
                                                  train_file=intent["train_file"], test_file=intent["test_file"])

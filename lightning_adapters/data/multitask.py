@@ -180,6 +180,9 @@ class MultiTaskDataModule(SplitDataModule):
             if getattr(task, "tokenizer", None) is not None and task.tokenizer_name != tokenizer:
                 raise UserInputError(f"task '{name}' was built with tokenizer '{task.tokenizer_name}', the model is "
                                      f"'{tokenizer}' — set that task's tokenizer: {tokenizer}")
+            if getattr(task, "augment", None) is not None:  # its rows are indexed by (row, epoch): not mixed yet
+                raise UserInputError(f"task '{name}' sets augment, which mixed-task training does not apply yet — "
+                                     "drop augment there, or train that task in a run of its own")
             task.tokenizer_name = tokenizer  # loaded in the task's setup: the model's, as in a single-task run
         keys = {name: type(task).batch_keys for name, task in tasks.items()}
         if mix == "rows" and len({tuple(sorted(k.items())) for k in keys.values()}) > 1:
