@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import CONFIGS, DATA_ROOT
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import DistributedSampler
 from transformers import BertTokenizerFast
 
 from lightning_adapters.data import TextClassificationDataModule
-from lightning_adapters.data.loaders import LengthGroupedSampler
+from lightning_adapters.data.loaders import EpochShuffleSampler, LengthGroupedSampler, ResumableDataLoader
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.heads.classification import ClassificationHead
 from lightning_adapters.tasks.customer_service import CustomerServiceDataModule
@@ -381,3 +383,19 @@ def test_classification_test_reports_precision_recall_f1_per_label():
     assert results["test"]["test_precision_negative"] == 0.5 and results["test"]["test_recall_neutral"] == 0.5
     assert results["test"]["test_f1_negative"] == results["test"]["test_f1_neutral"] == 0.6667
     assert results["test"]["test_f1_positive"] == 1.0 and results["test"]["test_accuracy"] == 0.75
+
+
+def test_a_distributed_wrapper_passes_the_epoch_to_our_sampler():
+    """Lightning < 2.6 calls set_epoch on its DistributedSamplerWrapper only: the loader passes the epoch on, so each
+    epoch still draws its own order (and augmentation its own edits) under DDP."""
+    orders = []
+    for epoch in (0, 1):
+        inner = EpochShuffleSampler(8, seed=3)
+        wrapper = DistributedSamplerWrapper(inner, num_replicas=2, rank=0, shuffle=False)
+        DistributedSampler.set_epoch(wrapper, epoch)  # what the old wrapper did: its own epoch only
+        orders.append([int(i) for batch in ResumableDataLoader(list(range(8)), batch_size=2, sampler=wrapper)
+                       for i in batch])
+        expected = EpochShuffleSampler(8, seed=3)
+        expected.set_epoch(epoch)
+        assert orders[-1] == list(expected)[0::2]  # rank 0's share of that epoch's order
+    assert orders[0] != orders[1]

@@ -1,9 +1,10 @@
 """DDP on CPU (gloo): 2 processes train the same adapter as 1 process with the same global batch, and a 2-rank SLURM
 job requeued by SIGUSR1 resumes bit for bit.
 
-Why full-batch steps: under DDP Lightning wraps our EpochShuffleSampler in a DistributedSamplerWrapper that shuffles
-again (seed + epoch), so rank r's k-th batch is not half of the single process's k-th batch. Both orders are fine
-(each depends only on seed and epoch, so resume stays exact), but only a global batch holding every training row makes
+Why full-batch steps: under DDP Lightning wraps our EpochShuffleSampler in a DistributedSamplerWrapper that deals
+its order round-robin to the ranks, so rank r's k-th batch is not half of the single process's k-th batch. Both orders
+are fine (each depends only on seed and epoch, so resume stays exact), but only a global batch holding every training
+row makes
 the two runs comparable: then each step's gradient is the mean over the same 48 rows, whichever rank holds which.
 SGD, not AdamW: Adam's update barely depends on the gradient's scale, so a sum-instead-of-mean bug would hide.
 Dropout is 0 everywhere (base, adapters, head): the two runs draw different random masks otherwise.

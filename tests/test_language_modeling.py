@@ -53,6 +53,16 @@ def test_causal_loss_equals_the_models_own_causal_lm(model_dirs):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert list(module.head.parameters()) == []  # causal LM trains the adapter only
 
+    left_tokenizer = build_tokenizer()
+    left_tokenizer.padding_side = "left"
+    left = sample_batch(left_tokenizer, CORPUS[:3])
+    with torch.no_grad():  # a row's score does not depend on the side it is padded on (positions follow the text)
+        right_rows, left_rows = module.head.predict(module.backbone, batch), module.head.predict(module.backbone, left)
+    for on_right, on_left in zip(right_rows, left_rows, strict=True):
+        assert on_right["tokens"] == on_left["tokens"] and on_right["nll"] == pytest.approx(on_left["nll"], abs=1e-5)
+    one_token = {"input_ids": torch.tensor([[7]]), "attention_mask": torch.tensor([[1]])}
+    assert module.head.loss(module.head(module.backbone, one_token), one_token) == 0  # no term, not NaN
+
 
 def test_masked_loss_equals_bert_for_masked_lm_with_the_heads_weights(model_dirs):
     module = lm_module(model_dirs["bert"])
@@ -160,10 +170,21 @@ def test_corpus_reads_text_files_tables_and_lines(tmp_path, model_dirs):
 def test_finance_text_pack_reads_transcript_sentences():
     from lightning_adapters.tasks.finance_text import FinanceTextDataModule
 
-    data = FinanceTextDataModule()  # the bundled sample: 3 calls of 12 lines, 3 of them under 5 words
-    texts = data.splits["train"][0] + data.splits["validation"][0]
-    assert len(texts) == 33 and "Thank you." not in texts and len(data.splits["validation"][0]) == 3
+    data = FinanceTextDataModule()  # the bundled sample: 3 + 1 calls of 12 and 6 lines, 4 of them under 5 words
+    assert len(data.splits["train"][0]) == 33 and len(data.splits["validation"][0]) == 5
+    assert "Thank you." not in data.splits["train"][0] + data.splits["validation"][0]
     assert all(isinstance(row_id, list) and len(row_id) == 2 for row_id in data.splits["train"][1])
+
+
+def test_validation_is_carved_by_whole_rows_when_texts_are_lines(tmp_path, model_dirs):
+    calls = tmp_path / "calls.jsonl"
+    calls.write_text("".join(json.dumps({"id": f"call{n}", "text": "\n".join(f"line {i} of call {n} here"
+                                                                            for i in range(5))}) + "\n"
+                             for n in range(10)))
+    data = TextCorpusDataModule(model_dirs["bert"], train_file=str(calls), lines=True, validation_fraction=0.2)
+    held, kept = ({row_id[0] for row_id in data.splits[split][1]} for split in ("validation", "train"))
+    assert len(held) == 2 and len(kept) == 8 and not held & kept  # 2 whole calls, 10 sentences
+    assert len(data.splits["validation"][0]) == 10
 
 
 @pytest.mark.parametrize("case, message", [
@@ -171,6 +192,8 @@ def test_finance_text_pack_reads_transcript_sentences():
     ("column", "has no column 'body'"),
     ("nothing", "no text given — pass train_file"),
     ("empty", "is empty"),
+    ("zero", r"max_train_texts=0 is out of range"),
+    ("size_only", "select_size needs select_near"),
 ])
 def test_bad_corpus_input_is_refused_in_one_line(tmp_path, model_dirs, case, message):
     options = {"train_file": write_lines(tmp_path / "c.txt", ["a b", "c"]), "min_words": 3}
@@ -179,6 +202,9 @@ def test_bad_corpus_input_is_refused_in_one_line(tmp_path, model_dirs, case, mes
         options = {"train_file": str(tmp_path / "c.csv"), "text_column": "body"}
     elif case == "nothing":
         options = {}
+    elif case in ("zero", "size_only"):
+        options = {"train_file": options["train_file"],
+                   **({"max_train_texts": 0} if case == "zero" else {"select_size": 3})}
     elif case == "empty":
         (tmp_path / "e.txt").write_text("\n\n")
         options = {"train_file": str(tmp_path / "e.txt")}

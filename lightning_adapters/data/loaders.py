@@ -128,6 +128,15 @@ class LengthGroupedSampler(torch.utils.data.Sampler[int]):
         return iter([index for group in shuffled + short for index in group])
 
 
+def forward_epoch(sampler: Any) -> None:
+    """Under DDP, Lightning wraps our sampler in a ``DistributedSamplerWrapper`` and calls ``set_epoch`` on the wrapper
+    only; Lightning < 2.6 does not pass it on, so our sampler would draw epoch 0's order (and augmentation epoch 0's
+    edits) every epoch. Pass the wrapper's epoch to the sampler it wraps (a no-op where Lightning already did)."""
+    inner = getattr(getattr(sampler, "dataset", None), "_sampler", None)
+    if isinstance(sampler, torch.utils.data.DistributedSampler) and callable(getattr(inner, "set_epoch", None)):
+        inner.set_epoch(sampler.epoch)
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader that skips, in its first pass after a restore, the batches the checkpointed run already saw.
 
@@ -142,6 +151,7 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self):
         # A generator: this body runs at the first next(), i.e. after Lightning restored the checkpoint, even though
         # Lightning creates the iterator before it. A checkpoint taken after an epoch's last batch skips nothing.
+        forward_epoch(self.sampler)
         skip = self.position["skip"] % len(self)
         self.position.update(served=skip, skip=0)
         rng = torch.get_rng_state()

@@ -40,6 +40,12 @@ def read_text_lines(path: Path, source: str, column: str = "text") -> Table:
     return Table(source, {column: [text for _, text in kept]}, [number for number, _ in kept])
 
 
+def _source_rows(split: Texts) -> list[Any]:
+    """The row each text came from: with ``lines``, validation is carved by whole rows (transcripts), so no row has
+    sentences on both sides (a call's boilerplate would flatter the validation perplexity)."""
+    return [str(i[0]) if isinstance(i, list) else 0 for i in split[1]]
+
+
 def _texts_of(split: Texts, rows: list[int]) -> Texts:
     texts, ids = split
     return [texts[r] for r in rows], [ids[r] for r in rows]
@@ -85,8 +91,9 @@ class TextCorpusDataModule(SplitDataModule):
         self.keep_options(tokenizer, seed, batch_size, eval_batch_size, num_workers, group_by_length,
                           validation_fraction, test_fraction, max_length=(max_length, 2, math.inf),
                           min_words=(min_words, 0, math.inf),
-                          max_train_texts=(max_train_texts or 1, 1, math.inf),
-                          max_validation_texts=(max_validation_texts or 1, 1, math.inf))
+                          max_train_texts=(1 if max_train_texts is None else max_train_texts, 1, math.inf),
+                          max_validation_texts=(1 if max_validation_texts is None else max_validation_texts, 1,
+                                                math.inf))
         resolve(tokenizer)  # a bad local tokenizer path fails now, before any log folder exists
         self.text_column, self.lines, self.min_words = text_column, lines, min_words
         self.max_length, self.max_train_texts, self.max_validation_texts = max_length, max_train_texts, \
@@ -97,11 +104,13 @@ class TextCorpusDataModule(SplitDataModule):
                              nothing="no text given — pass train_file (a table or a .txt file) or hub_dataset")
         self.splits: dict[str, Texts] = {split: self.texts(table, scored=split == "predict")
                                         for split, table in tables.items()}
+        if select_size is not None and select_near is None:
+            raise UserInputError("select_size needs select_near: the file of texts to keep the training texts near")
         if select_near is not None:
             self.select_training_texts(select_near, select_column, select_size)
         carve_missing_splits(self.splits, {"test": self.test_fraction, "validation": self.validation_fraction},
-                             self.seed, keys=lambda split: [0] * len(split[0]), unit="training texts",
-                             take=_texts_of)
+                             self.seed, keys=_source_rows, whole_groups=self.lines,
+                             unit="training transcripts" if self.lines else "training texts", take=_texts_of)
         for split, most in (("train", max_train_texts), ("validation", max_validation_texts)):
             if most is not None and split in self.splits and len(self.splits[split][0]) > most:
                 rows = np.random.default_rng(self.seed).permutation(len(self.splits[split][0]))[:most]
@@ -120,8 +129,10 @@ class TextCorpusDataModule(SplitDataModule):
         readers = {**READERS, ".txt": lambda p, s: read_text_lines(p, s, column)}
         table = read_table(existing_file("select_near", near), f"select_near '{near}'", readers)
         targets = [text for text in column_texts(table, column, "select_column") if text.strip()]
+        # on the CPU: every DDP rank builds the DataModule before Lightning gives it a device (one GPU would hold
+        # every rank's copy); `lightning-adapters select` embeds a large pool on a GPU once
         chosen = select_texts(self.tokenizer_name, self.splits["train"][0], targets, size,
-                              max_length=self.max_length)
+                              max_length=self.max_length, device="cpu")
         self.splits["train"] = _texts_of(self.splits["train"], chosen)
 
     def read_table(self, path: Path, source: str) -> Table:

@@ -6,7 +6,7 @@ on the bare base model, as every task head but generation does: the domain adapt
 same names, with the same base fingerprint as a classification or NER adapter of that base, and loads beside one.
 
 Tokens are predicted through the frozen input embeddings (the output layer of BERT, GPT-2, SmolLM2, Qwen2.5-0.5B and
-Llama-3.2-1B is tied to them), so no vocabulary-sized weight is trained or stored:
+Llama-3.2-1B is tied to them), so no vocabulary-by-hidden weight is trained or stored:
 
 - **masked** (encoders; BERT's recipe): ``mask_probability`` of the non-special tokens of each row are chosen, and at
   least one; of those, 80 % become the mask token, 10 % a random token, 10 % stay. A trainable transform (dense,
@@ -20,8 +20,9 @@ Masks are drawn from the global RNG in training (seeded by ``seed_everything``; 
 resumed run draws the same masks) and from a generator seeded by ``eval_seed`` and the batch's token ids in
 evaluation and prediction, so a validation loss is comparable from epoch to epoch and a row's score does not depend on
 what else is in its batch. Metrics: ``perplexity`` (``exp`` of the mean token loss) and ``accuracy`` (share of
-predicted tokens right). Predict writes each row's mean token loss (``nll``) and token count: a domain LM's score of
-a text, e.g. for cross-entropy-difference data selection.
+predicted tokens right). Predict writes each row's mean loss over its predicted tokens (``nll``) and their count
+(``tokens``): every next token for causal LM — a domain LM's score of the text, e.g. for cross-entropy-difference
+data selection — and the evaluation mask's tokens (about 15 %) for masked LM.
 """
 
 from __future__ import annotations
@@ -158,8 +159,9 @@ class LanguageModelingHead(TaskHead):
             masking = self.mask if self.training else self.eval_mask
             inputs["input_ids"], targets = masking(batch["input_ids"], batch["attention_mask"])
             keep = targets != -100
-        else:  # position t predicts token t + 1, where both are text (left or right padding)
+        else:  # position t predicts token t + 1, where both are text; positions count text tokens (left padding)
             targets, keep = batch["input_ids"][:, 1:], mask[:, 1:] & mask[:, :-1]
+            inputs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0)
         hidden = backbone(**inputs).last_hidden_state
         if not self.masked:
             hidden = hidden[:, :-1]
@@ -174,6 +176,8 @@ class LanguageModelingHead(TaskHead):
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         logits, targets, _ = outputs
+        if not len(targets):  # e.g. one-token texts: no term, not a NaN mean over nothing (the graph is kept)
+            return logits.sum() * 0.0
         return F.cross_entropy(logits.float(), targets)
 
     def monitor(self) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 A finance *domain* adapter (`lightning_adapters.LanguageModelingHead`) trains on these sentences; a task adapter
 (Financial PhraseBank sentiment, finance NER) then starts from it (``init_from``) or is stacked on it. Sources:
 
-- nothing: the small fictional sample we wrote, bundled in ``sample/`` (ECTSum's JSONL schema) — runs offline;
+- nothing: the small fictional sample we wrote, bundled in ``sample/`` (ECTSum's JSONL schema: training and
+  validation calls) — runs offline;
 - ``data_dir``: an ECTSum folder; the domain corpus is every sentence (one per transcript line) of
   ``ectsum_test.jsonl`` (495 calls) and, as validation, of ``ectsum_val.jsonl`` (249 calls), or ``ectsum_train.jsonl``
   when present. ``max_train_texts`` / ``max_validation_texts`` keep seeded samples (the full test file is ~60,000
@@ -39,8 +40,9 @@ class FinanceTextDataModule(TextCorpusDataModule):
 
     pack = Pack(
         "ECTSum", layout=transcript_files,
-        sample={"train_file": "transcripts.jsonl"},
+        sample={"train_file": "transcripts.jsonl", "validation_file": "validation.jsonl"},
         fixed={"text_column": "transcript", "lines": True},
-        defaults={"min_words": 5, "validation_fraction": 0.1, "max_length": 64},
+        defaults={"min_words": 5, "max_length": 64},
         docs={"train_file": "transcripts (JSONL with a ``transcript`` column, one sentence per line).",
-              "validation_file": "validation transcripts; carved from the training sentences when missing."})
+              "validation_file": "validation transcripts; carved from the training transcripts (whole calls) when "
+                                 "missing."})
