@@ -260,7 +260,9 @@ def test_domain_data_quick(tmp_path):
         import domain_data  # the method names
     finally:
         sys.path.remove(str(BENCH))
-    records = _run("domain_data.py", tmp_path / "run", "--data-root", str(root), plot=False)
+    records = _run("domain_data.py", tmp_path / "run", "--data-root", str(root), "--work", str(tmp_path / "work"),
+                   plot=False)
+    assert not list((tmp_path / "run").glob("*.txt"))  # the corpora (shared data) stay out of the results
     assert set(_by(records, "test accuracy mean")) == set(domain_data.METHODS)
     assert set(_by(records, "paired gain in test accuracy vs adapter alone")) == set(domain_data.METHODS[1:])
     md = (tmp_path / "run" / "results.md").read_text()

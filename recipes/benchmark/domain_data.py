@@ -104,11 +104,12 @@ class Domain:
     wall_s: float
 
 
-def train_domain(name: str, texts: list[str], args: argparse.Namespace, out: Path) -> tuple[Path, Domain]:
-    """A Pfeiffer adapter trained by masked LM on ``texts`` (2 % held out), exported to ``out/<name>``."""
+def train_domain(name: str, texts: list[str], args: argparse.Namespace, work: Path) -> tuple[Path, Domain]:
+    """A Pfeiffer adapter trained by masked LM on ``texts`` (2 % held out), exported to ``work/<name>`` (the corpus
+    beside it: shared data, never written into the repository's results)."""
     from lightning_adapters import AdapterModule, LanguageModelingHead, TextCorpusDataModule
 
-    corpus = out / f"{name}.txt"
+    corpus = work / f"{name}.txt"
     corpus.write_text("\n".join(texts) + "\n")
     L.seed_everything(args.domain_seed, workers=True, verbose=False)
     start, cpu = time.perf_counter(), time.process_time()
@@ -123,7 +124,7 @@ def train_domain(name: str, texts: list[str], args: argparse.Namespace, out: Pat
     before = trainer.validate(module, datamodule=data, verbose=False)[0]["val_perplexity"]
     trainer.fit(module, datamodule=data)
     after = trainer.validate(module, datamodule=data, verbose=False)[0]["val_perplexity"]
-    folder = out / name
+    folder = work / name
     module.save_adapter(str(folder))
     info = Domain(name, len(texts), before, after, time.process_time() - cpu, time.perf_counter() - start)
     print(f"domain adapter {name}: {len(texts):,} texts, held-out perplexity {before:.1f} -> {after:.1f}, "
@@ -236,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=accuracy.default_data_root())
     p.add_argument("--out", type=Path, default=None, help="output folder (default: results/domain_data)")
+    p.add_argument("--work", type=Path, default=Path("runs/domain_data"),
+                   help="where the domain corpora and adapters go (default runs/domain_data, not committed)")
     p.add_argument("--quick", action="store_true", help="smoke test: small corpora, 1 epoch of 2 batches, one seed")
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD")
     p.add_argument("--train-rows", type=int, default=300)
@@ -277,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                  "LIGHTNING_ADAPTERS_DATA")
     out = args.out or _report.default_out(BENCHMARK)
     out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     finance = ectsum_sentences(args.data_root, args.min_words)
     others = out_of_domain(args.data_root, args.min_words)
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     check_no_fpb(random_texts + selected, args.data_root)
     folders, domains = {}, []
     for name, texts in (("random", random_texts), ("selected", selected)):
-        folders[name], info = train_domain(name, texts, args, out)
+        folders[name], info = train_domain(name, texts, args, args.work)
         domains.append(info)
     runs = [run_one(method, seed, folders, args) for method in args.methods for seed in args.seeds]
     (out / "runs.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
