@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_adapters.adapter_folder import CONFIG_NAME
+from lightning_adapters.backbone import resolve
 from lightning_adapters.data.augmentation import ParaphraseGenerator
 from lightning_adapters.data.loaders import check_limits
 from lightning_adapters.data.summarization import SummarizationDataModule
@@ -50,6 +51,8 @@ class Paraphraser(ParaphraseGenerator):
             raise UserInputError(f"prompt {prompt!r} has no {{source}} field — add one where the text goes")
         parse_device(device)  # a bad device fails now, not after the training data is read
         self.model, self.prompt, self.chat_template = model, prompt, chat_template
+        if not self.is_adapter():
+            resolve(model)  # an unknown alias or missing folder fails now, not in prepare_data
         self.max_new_tokens, self.device, self.batch_size = max_new_tokens, device, batch_size
         self._predictor: Predictor | None = None
 

@@ -296,13 +296,10 @@ def test_paraphrases_for_ner_are_refused(model_dirs, tmp_path):
     ('{"key": "k", "text": "t", "paraphrase": "p"}\nnot json\n', "c.jsonl line 2 is not JSON"),
     ('{"key": "k", "text": "t"}\n', "c.jsonl line 1 is not a paraphrase record"),
     (b"\xff\xfe", "cannot read paraphrase_cache .*c.jsonl' \\(not UTF-8\\)"),
-    (None, "cannot read paraphrase_cache .*c.jsonl' \\(Is a directory\\)"),
 ])
 def test_bad_cache_files_are_refused_in_one_line(content, message, lm_dirs, tmp_path):  # noqa: F811
     cache = tmp_path / "c.jsonl"
-    if content is None:
-        cache.mkdir()
-    elif isinstance(content, bytes):
+    if isinstance(content, bytes):
         cache.write_bytes(content)
     else:
         cache.write_text(content)
@@ -310,6 +307,20 @@ def test_bad_cache_files_are_refused_in_one_line(content, message, lm_dirs, tmp_
     data = classification(tmp_path, lm_dirs["gpt2"], augment)
     with pytest.raises(UserInputError, match=message):
         data.prepare_data()
+
+
+def test_an_unusable_cache_path_is_refused_before_anything_generates(tmp_path):
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserInputError, match="paraphrase_cache '.*folder.jsonl' is a folder — pass a .jsonl file"):
+        Augmentation(paraphrases=Paraphraser("smollm2"), paraphrase_cache=str(tmp_path / "folder.jsonl"))
+    with pytest.raises(UserInputError, match="cannot create paraphrase_cache .*'.*file' is a file"):
+        Augmentation(paraphrases=Paraphraser("smollm2"), paraphrase_cache=str(tmp_path / "file" / "c.jsonl"))
+
+
+def test_an_unknown_paraphrase_model_is_refused_when_given(tmp_path):
+    with pytest.raises(UserInputError, match="model path not found: '.*missing'"):
+        Paraphraser(str(tmp_path / "missing"))
 
 
 def test_a_cache_lacking_texts_is_refused_in_setup(lm_dirs, tmp_path):  # noqa: F811

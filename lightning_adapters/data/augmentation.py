@@ -21,8 +21,8 @@ word of the text, ``insert`` a copy of a word of the same text at a random place
 have no WordNet offline, so the inserted word is one of the text's own words. Texts are split into words at
 whitespace and joined with single spaces. For token classification only words tagged ``O`` are edited, and every
 single edit is checked to keep the entity spans (type and words, in order) and leave valid tags in the scheme
-(`check_entities_kept`): an edit that would merge, split or alter an entity — e.g. deleting the ``O`` that separates
-two ``I-PER`` entities in IOB1 — is not made.
+(`check_entities_kept`, on the IOB2 tags the DataModule holds): an edit that would merge, split or alter an entity —
+e.g. deleting the ``O`` between ``B-PER I-PER`` and an ``I-PER`` that an edit left behind — is not made.
 
 Paraphrases (text classification only: they rewrite the words NER tags label) are generated once by a
 `ParaphraseGenerator` — `lightning_adapters.paraphraser.Paraphraser`: a decoder through our own generation path,
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_adapters.atomic import atomic_write
+from lightning_adapters.atomic import atomic_write, check_can_create
 from lightning_adapters.data.conll_format import to_iob2
 from lightning_adapters.data.loaders import check_limits
 from lightning_adapters.errors import UserInputError
@@ -102,6 +102,10 @@ class Augmentation:
         if paraphrases is not None and not isinstance(paraphrases, ParaphraseGenerator):
             raise UserInputError(f"paraphrases is a {type(paraphrases).__name__}, not a paraphrase generator — pass "
                                  "Paraphraser(model=...) (lightning_adapters.paraphraser)")
+        if paraphrase_cache is not None:  # now, not after the generator has loaded and worked
+            if Path(paraphrase_cache).is_dir():
+                raise UserInputError(f"paraphrase_cache '{paraphrase_cache}' is a folder — pass a .jsonl file path")
+            check_can_create(Path(paraphrase_cache).parent, f"paraphrase_cache '{paraphrase_cache}'")
         self.swap, self.delete, self.insert, self.copies = swap, delete, insert, int(copies)
         self.paraphrases, self.paraphrase_cache = paraphrases, paraphrase_cache
 
