@@ -20,6 +20,7 @@ from lightning_adapters.atomic import atomic_write, check_can_create
 from lightning_adapters.command_line import OneLineParser, fail
 from lightning_adapters.data.readers import column_texts
 from lightning_adapters.data.source import existing_file, read_table
+from lightning_adapters.data.text_corpus import cell_lines, text_readers
 from lightning_adapters.errors import UserInputError
 from lightning_adapters.selection import select_scored
 
@@ -107,31 +108,16 @@ def pool_texts(files: list[str], column: str, lines: bool) -> tuple[list[Text], 
 
 
 def split_lines(text: Text) -> list[Text]:
-    """One `Text` per line of a cell, numbered from 1 within the cell."""
-    return [Text(line, text.source, text.row, number) for number, line in enumerate(text.text.splitlines(), 1)]
+    """One `Text` per non-blank line of a cell, numbered from 1 within the cell (as `TextCorpusDataModule` does)."""
+    return [Text(line, text.source, text.row, number) for number, line in cell_lines(text.text)]
 
 
 def read_texts(name: str, option: str, column: str) -> list[Text]:
     """The texts of one file: a table's ``column`` (numbered by the table's line or row), or a ``.txt`` file's
     non-blank lines (numbered by line)."""
-    path = existing_file(option, name)
-    if path.suffix.lower() == ".txt":
-        return read_txt(path, option, name)
-    table = read_table(path, f"{option} '{name}'")
+    table = read_table(existing_file(option, name), f"{option} '{name}'", text_readers(column))
     cells = column_texts(table, column, f"--{option.lstrip('-')}-column")
     return [Text(cell, name, table.lines[row]) for row, cell in enumerate(cells)]
-
-
-def read_txt(path: Path, option: str, name: str) -> list[Text]:
-    try:
-        content = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UserInputError(f"{option} '{name}' is not UTF-8 ({err.reason} at byte {err.start}) — save it as "
-                             "UTF-8") from err
-    texts = [Text(line, name, number) for number, line in enumerate(content.splitlines(), 1) if line.strip()]
-    if not texts:
-        raise UserInputError(f"{option} '{name}' is empty (no non-blank lines) — pass a file with one text per line")
-    return texts
 
 
 def record(text: Text, score: float) -> dict:

@@ -155,7 +155,7 @@ def test_corpus_reads_text_files_tables_and_lines(tmp_path, model_dirs):
     data = TextCorpusDataModule(model_dirs["bert"], train_file=str(calls), text_column="transcript", lines=True,
                                 min_words=2, validation_fraction=0.0)
     assert data.splits["train"] == (["profit rose.", "Thank you.", "net sales fell in the quarter."],
-                                     [["A_q1", 0], ["A_q1", 1], ["A_q1", 2]])
+                                     [["A_q1", 1], ["A_q1", 2], ["A_q1", 3]])  # the call, the line in it
     many = write_lines(tmp_path / "many.txt", [f"{w} profit rose" for w in CORPUS[0].split()] * 5)
     data = TextCorpusDataModule(model_dirs["bert"], train_file=many, validation_fraction=0.2, max_train_texts=10)
     again = TextCorpusDataModule(model_dirs["bert"], train_file=many, validation_fraction=0.2, max_train_texts=10)

@@ -37,7 +37,19 @@ def read_text_lines(path: Path, source: str, column: str = "text") -> Table:
     except UnicodeDecodeError as err:
         raise UserInputError(f"{source} is not UTF-8 ({err.reason} at byte {err.start}) — save it as UTF-8") from err
     kept = [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+    if not kept:
+        raise UserInputError(f"{source} is empty (no non-blank lines) — pass a file with one text per line")
     return Table(source, {column: [text for _, text in kept]}, [number for number, _ in kept])
+
+
+def text_readers(column: str) -> dict:
+    """The table readers by extension, plus ``.txt``: one text per non-blank line, in column ``column``."""
+    return {**READERS, ".txt": lambda path, source: read_text_lines(path, source, column)}
+
+
+def cell_lines(text: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a cell, stripped, each with its number within the cell (from 1)."""
+    return [(number, line.strip()) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
 def _source_rows(split: Texts) -> list[Any]:
@@ -126,8 +138,7 @@ class TextCorpusDataModule(SplitDataModule):
             raise UserInputError("select_near needs select_size: how many training texts to keep")
         if "train" not in self.splits:
             raise UserInputError("select_near picks among the training texts — pass train_file (the pool)")
-        readers = {**READERS, ".txt": lambda p, s: read_text_lines(p, s, column)}
-        table = read_table(existing_file("select_near", near), f"select_near '{near}'", readers)
+        table = read_table(existing_file("select_near", near), f"select_near '{near}'", text_readers(column))
         targets = [text for text in column_texts(table, column, "select_column") if text.strip()]
         # on the CPU: every DDP rank builds the DataModule before Lightning gives it a device (one GPU would hold
         # every rank's copy); `lightning-adapters select` embeds a large pool on a GPU once
@@ -136,8 +147,7 @@ class TextCorpusDataModule(SplitDataModule):
         self.splits["train"] = _texts_of(self.splits["train"], chosen)
 
     def read_table(self, path: Path, source: str) -> Table:
-        readers = {**READERS, ".txt": lambda p, s: read_text_lines(p, s, self.text_column)}
-        return read_table(path, source, readers)
+        return read_table(path, source, text_readers(self.text_column))
 
     def texts(self, table: Table, scored: bool = False) -> Texts:
         """A table's texts (split into lines with ``lines``), without those under ``min_words`` words. ``scored``
@@ -148,8 +158,8 @@ class TextCorpusDataModule(SplitDataModule):
             if scored and not text.strip():
                 raise UserInputError(f"{table.where(row)}: empty text in column '{self.text_column}' — fill it in or "
                                      "remove the row")
-            parts = [(line.strip(), [row_id, n]) for n, line in enumerate(text.split("\n"))] if self.lines \
-                and not scored else [(text.strip(), row_id)]
+            parts = [(line, [row_id, n]) for n, line in cell_lines(text)] if self.lines and not scored \
+                else [(text.strip(), row_id)]
             for part, part_id in parts:
                 if scored or (part and len(part.split()) >= self.min_words):
                     texts.append(part)
