@@ -39,6 +39,14 @@ def _rows_of(split: Split, rows: list[int]) -> Split:
     return [texts[r] for r in rows], None if labels is None else [labels[r] for r in rows], [ids[r] for r in rows]
 
 
+def text_items(tokenizer, texts: list[str], ids: list[Any], max_length: int) -> list[dict[str, Any]]:
+    """One item per text: token ids and mask (cut at ``max_length``), the text and ``meta`` with its row id."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False)
+    return [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
+            for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
+                                               strict=True)]
+
+
 class TextCollator:
     """Dynamic padding (each batch as wide as its longest input, the tokenizer's pad token and side); prediction
     batches also carry the raw ``text`` and each example's ``meta`` (row id, gold label)."""
@@ -191,10 +199,7 @@ class TextClassificationDataModule(SplitDataModule):
     def encode(self, split: Split) -> list[dict[str, Any]]:
         """A split's items: token ids and mask (cut at ``max_length``), the text, ``meta`` and, if known, the label."""
         texts, labels, ids = split
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
-        items = [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
-                 for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
-                                                    strict=True)]
+        items = text_items(self.tokenizer, texts, ids, self.max_length)
         for item, label in zip(items, labels or [None] * len(items), strict=True):
             if label is not None:  # predict files may come without labels
                 item["labels"] = label

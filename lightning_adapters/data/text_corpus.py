@@ -18,7 +18,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_adapters.backbone import load_tokenizer, resolve
-from lightning_adapters.data.classification import TextCollator
+from lightning_adapters.data.classification import TextCollator, text_items
 from lightning_adapters.data.lengths import count_truncated, fit_max_length
 from lightning_adapters.data.loaders import SplitDataModule, row_ids
 from lightning_adapters.data.readers import READERS, Table, column_texts, rows_table
@@ -186,10 +186,7 @@ class TextCorpusDataModule(SplitDataModule):
 
     def encode(self, split: Texts) -> list[dict[str, Any]]:
         texts, ids = split
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, return_token_type_ids=False)
-        return [{"input_ids": tokens, "attention_mask": mask, "text": text, "meta": {"id": row}}
-                for tokens, mask, text, row in zip(encoded["input_ids"], encoded["attention_mask"], texts, ids,
-                                                   strict=True)]
+        return text_items(self.tokenizer, texts, ids, self.max_length)
 
     def text_rows(self, texts: list[str]) -> list[dict[str, Any]]:
         return [{self.text_column: text} for text in texts]
