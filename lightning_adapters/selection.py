@@ -122,15 +122,21 @@ def select_nearest(pool_emb: torch.Tensor, target_emb: torch.Tensor, size: int, 
     target's ``per_target`` nearest rows, so fewer than ``size`` come back when neighbourhoods overlap.
     ``block_rows``: target rows ranked at once (default: as many as keep `BLOCK_ELEMENTS` similarities in memory).
     """
+    return _nearest_and_best(pool_emb, target_emb, size, per_target, block_rows)[0]
+
+
+def _nearest_and_best(pool_emb: torch.Tensor, target_emb: torch.Tensor, size: int, per_target: int | None,
+                      block_rows: int | None = None) -> tuple[list[int], torch.Tensor]:
+    """`select_nearest`'s rows, and every pool row's highest similarity (`max_similarity`) from the same scan."""
     pool_emb, target_emb = _checked_embeddings(pool_emb, target_emb)
     _check_size(size, len(pool_emb))
     _check_per_target(per_target)
     depth = min(len(pool_emb), per_target or math.ceil(size / len(target_emb)))
     while True:
-        keys, _ = _scan(pool_emb, target_emb, depth, block_rows)
+        keys, best = _scan(pool_emb, target_emb, depth, block_rows)
         chosen = keys.lt(_UNSEEN).nonzero().squeeze(1)
         if len(chosen) >= size or depth == len(pool_emb) or per_target is not None:
-            return chosen[keys[chosen].argsort()][:size].tolist()
+            return chosen[keys[chosen].argsort()][:size].tolist(), best
         depth = min(len(pool_emb), 2 * depth)  # neighbourhoods overlap: look deeper
 
 
@@ -260,8 +266,8 @@ def select_scored(backbone: str, pool_texts: Sequence[str], target_texts: Sequen
     model = load_model(backbone, AutoModel).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     target_emb = embed_texts(model, tokenizer, target_texts, batch_size, max_length)
     pool_emb = embed_texts(model, tokenizer, pool_texts, batch_size, max_length)
-    indices = select_nearest(pool_emb, target_emb, size, per_target)
-    return Selection(indices, max_similarity(pool_emb, target_emb), language)
+    indices, scores = _nearest_and_best(pool_emb, target_emb, size, per_target)  # one scan gives both
+    return Selection(indices, scores, language)
 
 
 def select_texts(backbone: str, pool_texts: Sequence[str], target_texts: Sequence[str], size: int,
