@@ -53,12 +53,16 @@ METHODS = [ALONE, DOMAIN, SELECTED, AUGMENTED]
 
 # ---- corpora ------------------------------------------------------------------------------------------------------
 def ectsum_sentences(root: Path, min_words: int) -> list[str]:
-    """Every transcript line of ECTSum's val and test files with at least ``min_words`` words, in file order."""
-    lines = []
+    """Every transcript sentence (one per line) of ECTSum's val and test files with at least ``min_words`` words, in
+    file order, read as the ``finance_text`` pack reads them (`TextCorpusDataModule` with ``lines``)."""
+    from lightning_adapters import TextCorpusDataModule
+
+    texts = []
     for name in ("ectsum_val.jsonl", "ectsum_test.jsonl"):
-        for record in map(json.loads, (root / "ectsum" / name).read_text().splitlines()):
-            lines += [line.strip() for line in record["transcript"].split("\n") if len(line.split()) >= min_words]
-    return lines
+        corpus = TextCorpusDataModule("minilm", train_file=str(root / "ectsum" / name), text_column="transcript",
+                                      lines=True, min_words=min_words, validation_fraction=0.0)
+        texts += corpus.splits["train"][0]
+    return texts
 
 
 def out_of_domain(root: Path, min_words: int) -> dict[str, list[str]]:
